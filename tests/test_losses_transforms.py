@@ -2,6 +2,7 @@
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -57,11 +58,8 @@ def test_jit_and_sharded_match_eager(options, mesh8):
     sharded_fn = jax.jit(fn, in_shardings=(rows,) * 5, out_shardings=NamedSharding(mesh8, P()))
     sharded_loss, sharded_metrics = sharded_fn(*sharded_args)
 
-    for loss, metrics in ((jit_loss, jit_metrics), (sharded_loss, sharded_metrics)):
-        np.testing.assert_allclose(loss, eager_loss, rtol=1e-6, atol=1e-7)
-        assert metrics.keys() == eager_metrics.keys()
-        for k in metrics:
-            np.testing.assert_allclose(metrics[k], eager_metrics[k], rtol=1e-6, atol=1e-7, err_msg=k)
+    for result in ((jit_loss, jit_metrics), (sharded_loss, sharded_metrics)):
+        chex.assert_trees_all_close(result, (eager_loss, eager_metrics), rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("options", OPTIONS)

@@ -148,3 +148,9 @@ def test_metrics_carry_no_gradient():
     adv = jnp.array([1.0, -2.0])
     grad = jax.grad(lambda lp: grpo_loss(lp, None, None, adv, MASK, beta=0.0)[1]["policy_loss"])(LOGP)
     np.testing.assert_array_equal(grad, 0.0)
+
+
+def test_empty_completions_give_zero_loss_and_finite_metrics():
+    loss, m = grpo_loss(jnp.zeros((2, 0)), None, jnp.zeros((2, 0)), jnp.array([1.0, -1.0]), jnp.zeros((2, 0)))
+    assert float(loss) == 0.0
+    assert all(np.isfinite(float(v)) for v in m.values()) and float(m["ratio_max"]) == 0.0

@@ -97,6 +97,8 @@ def token_logprobs_from_hidden(
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"{fn}: `chunk_size` must be a positive int, got {chunk_size!r}")
 
+    if t == 0:
+        return jnp.zeros((b, 0), jnp.float32)
     chunk = min(chunk_size, t)
     n_chunks = -(-t // chunk)
     pad = n_chunks * chunk - t

@@ -151,8 +151,8 @@ def grpo_loss(
         "clip_frac_low": masked_mean(is_low, m),
         "clip_frac_high": masked_mean(is_high, m),
         "ratio_mean": masked_mean(ratio, m),
-        "ratio_max": jnp.where(any_token, jnp.max(jnp.where(m > 0, ratio, -jnp.inf)), 0.0),
-        "ratio_min": jnp.where(any_token, jnp.min(jnp.where(m > 0, ratio, jnp.inf)), 0.0),
+        "ratio_max": jnp.where(any_token, jnp.max(jnp.where(m > 0, ratio, -jnp.inf), initial=-jnp.inf), 0.0),
+        "ratio_min": jnp.where(any_token, jnp.min(jnp.where(m > 0, ratio, jnp.inf), initial=jnp.inf), 0.0),
         "advantage_mean": jnp.mean(adv) if adv.ndim == 1 else masked_mean(adv, m),
     }
     metrics["clip_frac"] = metrics["clip_frac_low"] + metrics["clip_frac_high"]
