@@ -7,6 +7,7 @@ values; under ``jit`` the values are abstract and those checks are skipped (docu
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,11 +57,31 @@ def require_choice(fn: str, name: str, value: Any, choices: Sequence[str]) -> No
 
 
 def require_positive(fn: str, name: str, value: Any, *, allow_zero: bool = False) -> None:
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    ok = ok and (value >= 0 if allow_zero else value > 0) and np.isfinite(value)
+    """A real scalar > 0 (>= 0 with allow_zero): Python, NumPy or JAX. A traced scalar passes unchecked."""
+    if isinstance(value, jax.core.Tracer) and np.shape(value) == ():
+        return
+    ok = not isinstance(value, bool) and np.shape(value) == ()
+    try:
+        number = float(value) if ok else float("nan")
+    except (TypeError, ValueError):
+        ok = False
+    ok = ok and np.isfinite(number) and (number >= 0 if allow_zero else number > 0)
     if not ok:
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{fn}: `{name}` must be a finite number {bound}, got {value!r}")
+
+
+def as_int(fn: str, name: str, value: Any, *, minimum: int, what: str = "") -> int:
+    """``value`` as a Python int >= minimum (accepts NumPy/JAX integer scalars), else ValueError."""
+    try:
+        if isinstance(value, bool) or isinstance(value, jax.core.Tracer):
+            raise TypeError
+        number = operator.index(value)
+    except TypeError:
+        number = None
+    if number is None or number < minimum:
+        raise ValueError(f"{fn}: `{name}` must be an int >= {minimum}{what}, got {value!r}")
+    return number
 
 
 def is_concrete(x: Any) -> bool:

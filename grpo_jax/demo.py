@@ -29,7 +29,7 @@ class DemoConfig:
     steps: int = 40
     num_prompts: int = 8  # distinct "a + b" problems, all sampled every step
     num_generations: int = 8  # G
-    num_iterations: int = 2  # mu: updates per sampled batch (> 1 makes the clip matter)
+    num_iterations: int = 2  # mu: updates per sampled batch (> 1 moves the ratio off 1, so the clip can act)
     learning_rate: float = 0.1
     beta: float = 0.04
     epsilon: float = 0.2

@@ -62,7 +62,7 @@ def test_nan_check_does_not_break_jit():
         ((LP, None, LP, ADV, MASK), dict(clip_eps=0.0), r"`clip_eps` must be a finite number > 0"),
         ((LP, None, LP, ADV, MASK), dict(clip_eps_high=-0.1), r"`clip_eps_high` must be a finite number > 0"),
         ((LP, None, LP, ADV, MASK), dict(beta=-1.0), r"`beta` must be a finite number >= 0"),
-        ((LP, None, LP, ADV, MASK), dict(aggregation="seq-mean-token-sum-norm", max_tokens=0), r"`max_tokens`"),
+        ((LP, None, LP, ADV, MASK), dict(aggregation="seq-mean-token-sum-norm", max_tokens=0), r"`max_tokens` must be an int >= 1 or None, got 0"),
         ((LP, None, LP, ADV.at[1].set(jnp.nan), MASK), {}, r"`advantages` contains 1 non-finite"),
         ((LP.astype(jnp.int32), None, None, ADV, MASK), dict(beta=0.0), r"`logprobs` must be a floating-point"),
     ],
@@ -73,7 +73,7 @@ def test_grpo_loss_arguments(args, kwargs, pattern):
 
 
 def test_building_blocks_arguments():
-    with pytest.raises(ValueError, match=r"unknown kl_estimator='kl'"):
+    with pytest.raises(ValueError, match=r"unknown estimator='kl'"):
         kl_penalty(LP, LP, estimator="kl")
     with pytest.raises(ValueError, match=r"unknown aggregation='sum'"):
         aggregate_loss(LP, MASK, aggregation="sum")
@@ -106,5 +106,5 @@ def test_logprobs_arguments():
     hidden, w = jnp.zeros((2, 3, 4)), jnp.zeros((5, 7))
     with pytest.raises(ValueError, match=r"`unembedding` has shape \(5, 7\) but `hidden` has width D=4"):
         token_logprobs_from_hidden(hidden, w, jnp.zeros((2, 3), jnp.int32))
-    with pytest.raises(ValueError, match=r"`chunk_size` must be a positive int, got 0"):
+    with pytest.raises(ValueError, match=r"`chunk_size` must be an int >= 1, got 0"):
         token_logprobs_from_hidden(hidden, w[:4], jnp.zeros((2, 3), jnp.int32), chunk_size=0)

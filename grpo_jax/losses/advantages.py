@@ -18,17 +18,20 @@ from grpo_jax import _validation as v
 ADVANTAGE_SCALES = ("group", "batch", "none")
 
 
-def _check_group_size(fn: str, n: int, group_size: int) -> None:
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2:
-        raise ValueError(
-            f"{fn}: `group_size` must be an int >= 2 (GRPO needs at least two completions per prompt to "
-            f"compare), got {group_size!r}"
-        )
+def _check_group_size(fn: str, n: int, group_size: int) -> int:
+    group_size = v.as_int(fn, "group_size", group_size, minimum=2,
+                          what=" (GRPO needs at least two completions per prompt to compare)")
     if n % group_size:
         raise ValueError(
             f"{fn}: the batch of {n} completions is not divisible by group_size={group_size}; "
             "rows must be whole groups laid out group-contiguously (row i*G + j = completion j of prompt i)"
         )
+    return group_size
+
+
+def _safe_std(sum_sq: jax.Array, dof: jax.Array | float, no_signal: jax.Array) -> jax.Array:
+    """sqrt(sum_sq / dof), with 1 where there is no signal: no 0/0 and no sqrt'(0) = inf in gradients."""
+    return jnp.sqrt(jnp.where(no_signal, 1.0, sum_sq / jnp.maximum(dof, 1.0)))
 
 
 def group_advantages(
@@ -53,7 +56,7 @@ def group_advantages(
     """
     fn = "group_advantages"
     v.require_rank(fn, "rewards", rewards, (1,), "a 1-D array [N] of one reward per completion")
-    _check_group_size(fn, v.shape_of(rewards)[0], group_size)
+    group_size = _check_group_size(fn, v.shape_of(rewards)[0], group_size)
     v.require_choice(fn, "scale", scale, ADVANTAGE_SCALES)
     v.require_positive(fn, "eps", eps, allow_zero=True)
     v.require_finite(fn, "rewards", rewards)
@@ -64,12 +67,15 @@ def group_advantages(
     # Decide "no signal" by comparing rewards, not by a float tolerance on the std: exact and cheap.
     all_equal = jnp.max(groups, axis=1, keepdims=True) == jnp.min(groups, axis=1, keepdims=True)
     if scale == "group":
-        denom = jnp.std(groups, axis=1, keepdims=True, ddof=1) + eps
+        sum_sq = jnp.sum(centred * centred, axis=1, keepdims=True)
+        denom = _safe_std(sum_sq, group_size - 1.0, all_equal) + eps
     elif scale == "batch":
-        denom = jnp.std(r, ddof=1) + eps
+        batch_centred = r - jnp.mean(r)
+        batch_sum_sq = jnp.sum(batch_centred * batch_centred)
+        denom = _safe_std(batch_sum_sq, r.shape[0] - 1.0, batch_sum_sq == 0) + eps
     else:
         denom = jnp.ones((), jnp.float32)
-    # The safe denominator keeps the discarded branch finite, so gradients through here stay NaN-free.
+    # Every denominator is >= eps and finite in both branches, so values and gradients stay NaN-free.
     safe = jnp.where(all_equal | (denom == 0), 1.0, denom)
     return jnp.where(all_equal, 0.0, centred / safe).reshape(-1)
 
@@ -92,6 +98,8 @@ def process_advantages(
       step_rewards: [N, S] float, reward of step s of completion n; padding entries are ignored.
       step_end_positions: [N, S] int, index in [0, T) of the *last* token of step s within the completion;
         -1 marks a padding entry (a completion with fewer than S steps). Steps need not be sorted.
+        Out-of-range values are an error when checked eagerly; under jit (values unknown) they are
+        clipped into [0, T) and values below -1 count as padding.
       mask: [N, T] completion mask (1 for real tokens, 0 for padding); the result is 0 where mask is 0.
       group_size: G >= 2.
       eps: added to the group std.
@@ -111,9 +119,9 @@ def process_advantages(
         raise ValueError(
             f"{fn}: `mask` has {v.shape_of(mask)[0]} rows but `step_rewards` has {n}; both are [N, ...]"
         )
-    _check_group_size(fn, n, group_size)
+    group_size = _check_group_size(fn, n, group_size)
     v.require_positive(fn, "eps", eps, allow_zero=True)
-    if v.is_concrete(step_end_positions):
+    if v.is_concrete(step_end_positions):  # value checks need concrete values: skipped under jit/grad/vmap
         ends = jnp.asarray(step_end_positions)
         if bool(jnp.any(ends >= t)) or bool(jnp.any(ends < -1)):
             raise ValueError(
@@ -130,13 +138,12 @@ def process_advantages(
     groups_valid = valid.reshape(-1, group_size * s)
     count = jnp.sum(groups_valid, axis=1, keepdims=True).astype(jnp.float32)
     mean = jnp.sum(groups_r, axis=1, keepdims=True) / jnp.maximum(count, 1.0)
-    var = jnp.sum(jnp.where(groups_valid, (groups_r - mean) ** 2, 0.0), axis=1, keepdims=True)
-    std = jnp.sqrt(var / jnp.maximum(count - 1.0, 1.0))
+    sum_sq = jnp.sum(jnp.where(groups_valid, (groups_r - mean) ** 2, 0.0), axis=1, keepdims=True)
     big = jnp.finfo(jnp.float32).max
     hi = jnp.max(jnp.where(groups_valid, groups_r, -big), axis=1, keepdims=True)
     lo = jnp.min(jnp.where(groups_valid, groups_r, big), axis=1, keepdims=True)
     no_signal = (count < 2) | (hi == lo)
-    denom = jnp.where(no_signal, 1.0, std + eps)
+    denom = jnp.where(no_signal, 1.0, _safe_std(sum_sq, count - 1.0, no_signal) + eps)
     normalised = jnp.where(no_signal | ~groups_valid, 0.0, (groups_r - mean) / denom).reshape(n, s)
 
     # Place each step's normalised reward at its end token, then a reverse cumulative sum gives, at each

@@ -37,21 +37,21 @@ def aggregate_loss(
     v.require_choice(fn, "aggregation", aggregation, AGGREGATIONS)
     v.require_same_shape(fn, "mask", mask, "per_token_loss", per_token_loss)
     if max_tokens is not None:
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-            raise ValueError(f"{fn}: `max_tokens` must be a positive int or None, got {max_tokens!r}")
+        max_tokens = v.as_int(fn, "max_tokens", max_tokens, minimum=1, what=" or None")
     m = jnp.asarray(mask, jnp.float32)
-    masked = jnp.asarray(per_token_loss, jnp.float32) * m
+    # where, not a product: a NaN/inf in a padded slot must not leak into the loss (NaN * 0 = NaN)
+    masked = jnp.where(m > 0, jnp.asarray(per_token_loss, jnp.float32), 0.0) * m
     n, t = masked.shape
     if aggregation == "seq-mean-token-mean":
-        return jnp.mean(jnp.sum(masked, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0))
+        return jnp.sum(jnp.sum(masked, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)) / max(n, 1)
     if aggregation == "token-mean":
         return jnp.sum(masked) / jnp.maximum(jnp.sum(m), 1.0)
     if aggregation == "seq-mean-token-sum":
-        return jnp.mean(jnp.sum(masked, axis=1))
-    return jnp.sum(masked) / (n * (t if max_tokens is None else max_tokens))
+        return jnp.sum(masked) / max(n, 1)
+    return jnp.sum(masked) / max(n * (t if max_tokens is None else max_tokens), 1)
 
 
 def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
     """Mean of ``x`` over unmasked entries (``x`` broadcastable to ``mask``), 0 when nothing is unmasked."""
-    m = jnp.asarray(mask, jnp.float32)
-    return jnp.sum(jnp.asarray(x, jnp.float32) * m) / jnp.maximum(jnp.sum(m), 1.0)
+    m = jnp.broadcast_to(jnp.asarray(mask, jnp.float32), jnp.broadcast_shapes(jnp.shape(x), jnp.shape(mask)))
+    return jnp.sum(jnp.where(m > 0, jnp.asarray(x, jnp.float32), 0.0) * m) / jnp.maximum(jnp.sum(m), 1.0)

@@ -27,7 +27,9 @@ def _check_temperature(fn: str, temperature: float) -> None:
 
 def _logprobs_of(logits_f32: jax.Array, tokens: jax.Array) -> jax.Array:
     """log softmax(logits)[token] = logit[token] - logsumexp(logits), without a [.., V] log-softmax array."""
-    picked = jnp.take_along_axis(logits_f32, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    # mode="clip": an id outside [0, V) (e.g. a -100 padding label) yields a finite value to be masked,
+    # never NaN; a NaN in a padded slot would survive a multiplication by a 0 mask.
+    picked = jnp.take_along_axis(logits_f32, tokens[..., None].astype(jnp.int32), axis=-1, mode="clip")[..., 0]
     return picked - jax.nn.logsumexp(logits_f32, axis=-1)
 
 
@@ -36,7 +38,8 @@ def token_logprobs(logits: jax.Array, tokens: jax.Array, *, temperature: float =
 
     Args:
       logits: [B, T, V] float (any float dtype; upcast to float32), logits[b, t] predicts tokens[b, t].
-      tokens: [B, T] int, token ids in [0, V).
+      tokens: [B, T] int, token ids in [0, V); ids outside are clipped into range (padding ids such as
+        -100 give a finite value, to be masked by the caller).
       temperature: > 0.
 
     Returns:
@@ -72,7 +75,8 @@ def token_logprobs_from_hidden(
         The matmul runs in the inputs' dtype with float32 accumulation; log-softmax is float32.
       tokens: [B, T] int token ids in [0, V).
       temperature: > 0.
-      chunk_size: time steps per chunk. Peak extra memory ~ B * chunk_size * V * 4 bytes.
+      chunk_size: most time steps per chunk (chunks are balanced: T is split into ceil(T / chunk_size)
+        equal parts). Extra memory ~ B * chunk_size * V * 4 bytes forward, about twice that backward.
 
     Returns:
       [B, T] float32 log-probabilities. Differentiable w.r.t. ``hidden`` and ``unembedding``; the backward
@@ -94,13 +98,12 @@ def token_logprobs_from_hidden(
     if v.shape_of(tokens) != (b, t):
         raise ValueError(f"{fn}: `tokens` has shape {v.shape_of(tokens)} but `hidden` is [B, T]=({b}, {t})")
     _check_temperature(fn, temperature)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"{fn}: `chunk_size` must be a positive int, got {chunk_size!r}")
+    chunk_size = v.as_int(fn, "chunk_size", chunk_size, minimum=1)
 
     if t == 0:
         return jnp.zeros((b, 0), jnp.float32)
-    chunk = min(chunk_size, t)
-    n_chunks = -(-t // chunk)
+    n_chunks = -(-t // min(chunk_size, t))
+    chunk = -(-t // n_chunks)  # balanced chunks: T = 129 with chunk_size 128 runs 2 x 65, not 2 x 128
     pad = n_chunks * chunk - t
     h = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
     tok = jnp.pad(tokens, ((0, 0), (0, pad)))
