@@ -22,10 +22,14 @@ setup(
         "chex>=0.1.90",
         "transformers>=5.0",
         "tensorflow-datasets>=4.9.9",
+        "safetensors>=0.4.3",
+        "ml_dtypes>=0.4",
         "numpy>=1.26",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6.100"],
+        # torch: transformers' PyTorch models are the numeric reference for our model's logits. Install the
+        # CPU build first (README), or pip may pull a multi-GB CUDA build. The library never imports it.
+        "test": ["pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6.100", "torch>=2.4", "tokenizers>=0.20"],
         "tpu": ["jax[tpu]>=0.10.2"],
         "gpu": ["jax[cuda12]>=0.10.2"],
     },

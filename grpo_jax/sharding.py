@@ -7,11 +7,12 @@ Explicit axes, which would change how every jnp op inside our steps is typed, so
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 
 import jax
-from jax.sharding import AxisType, Mesh
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 
 def make_mesh(axes: Mapping[str, int], *, devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -47,3 +48,78 @@ def make_mesh(axes: Mapping[str, int], *, devices: Sequence[jax.Device] | None =
     return jax.make_mesh(
         tuple(sizes), names, axis_types=(AxisType.Auto,) * len(names), devices=devices
     )
+
+
+# ---- logical axes -> mesh axes ----------------------------------------------------------------------
+#
+# Parameters and activations name their axes logically; this one table says which mesh axes each name
+# may be split over. Replicated ({"data": n}), FSDP ({"fsdp": n}) and FSDP x tensor ({"fsdp": a,
+# "tensor": b}) runs use the same table: mesh axes that a mesh lacks are ignored, a mesh axis is used at
+# most once per array (first come, first served), and a dimension that the mesh axis does not divide
+# stays whole rather than failing (e.g. 2 kv heads on a 4-way tensor axis are replicated).
+
+LogicalRules = tuple[tuple[str, tuple[str, ...]], ...]
+
+DEFAULT_RULES: LogicalRules = (
+    ("batch", ("data", "fsdp")),  # activations' rows: data parallel over both batch-like axes
+    ("length", ()),
+    ("embed", ("fsdp",)),  # parameters' model width: FSDP shards weights along it
+    ("heads", ("tensor",)),
+    ("kv_heads", ("tensor",)),
+    ("head_dim", ()),
+    ("mlp", ("tensor",)),
+    ("vocab", ("tensor",)),
+    ("layers", ()),
+)
+
+
+def logical_to_mesh_spec(
+    logical_axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules: LogicalRules = DEFAULT_RULES
+) -> PartitionSpec:
+    """PartitionSpec for an array of ``shape`` whose dimensions are named ``logical_axes``.
+
+    Unknown logical names raise ValueError (a typo would otherwise silently replicate a weight).
+    """
+    if len(logical_axes) != len(shape):
+        raise ValueError(f"logical axes {tuple(logical_axes)} do not match shape {tuple(shape)}")
+    table = dict(rules)
+    used: set[str] = set()
+    spec: list[str | tuple[str, ...] | None] = []
+    for name, size in zip(logical_axes, shape):
+        if name is None:
+            spec.append(None)
+            continue
+        if name not in table:
+            raise ValueError(f"logical axis {name!r} has no rule; known: {', '.join(table)}")
+        chosen: list[str] = []
+        for axis in table[name]:
+            if axis not in mesh.shape or axis in used or mesh.shape[axis] == 1:
+                continue
+            if size % (math.prod(mesh.shape[a] for a in chosen) * mesh.shape[axis]):
+                continue
+            chosen.append(axis)
+        used.update(chosen)
+        spec.append(None if not chosen else chosen[0] if len(chosen) == 1 else tuple(chosen))
+    return PartitionSpec(*spec)
+
+
+def logical_sharding(
+    logical_axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules: LogicalRules = DEFAULT_RULES
+) -> NamedSharding:
+    return NamedSharding(mesh, logical_to_mesh_spec(logical_axes, shape, mesh, rules))
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshRules:
+    """A mesh plus the logical-axis table: what a model needs to constrain its activations."""
+
+    mesh: Mesh
+    rules: LogicalRules = DEFAULT_RULES
+
+    def constrain(self, x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
+        return jax.lax.with_sharding_constraint(x, logical_sharding(logical_axes, x.shape, self.mesh, self.rules))
+
+
+def constrain(x: jax.Array, logical_axes: Sequence[str | None], mesh_rules: MeshRules | None) -> jax.Array:
+    """Shard activation ``x`` by its logical axes; the identity without a mesh (single device)."""
+    return x if mesh_rules is None else mesh_rules.constrain(x, logical_axes)

@@ -1,0 +1,84 @@
+"""Functions over (model, params): building, random init, parameter shardings and the padded forward."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding
+
+from grpo_jax.models.config import ModelConfig
+from grpo_jax.models.transformer import Transformer
+from grpo_jax.sharding import DEFAULT_RULES, LogicalRules, MeshRules, logical_sharding
+
+
+def build_model(config: ModelConfig, mesh: Mesh | None = None, rules: LogicalRules = DEFAULT_RULES) -> Transformer:
+    """The Flax module for ``config``; with a mesh its activations are sharded by the logical rules."""
+    return Transformer(config, None if mesh is None else MeshRules(mesh, rules))
+
+
+def _abstract_variables(model: Transformer) -> Any:
+    ids = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+    return jax.eval_shape(lambda i: model.init(jax.random.key(0), i, i, i), ids)["params"]
+
+
+def param_logical_axes(model: Transformer) -> dict:
+    """Pytree (same structure as params) of per-dimension logical axis names, e.g. ("embed", "mlp")."""
+    return jax.tree.map(
+        lambda boxed: tuple(boxed.names), _abstract_variables(model),
+        is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned),
+    )
+
+
+def param_shapes(model: Transformer) -> dict:
+    """Pytree of jax.ShapeDtypeStruct for every parameter (nothing is allocated)."""
+    return nn.meta.unbox(_abstract_variables(model))
+
+
+def param_shardings(model: Transformer, mesh: Mesh, rules: LogicalRules = DEFAULT_RULES) -> dict:
+    """Pytree of NamedSharding: where each parameter lives on ``mesh`` under the logical ``rules``."""
+    shapes = param_shapes(model)
+    return jax.tree.map(
+        lambda axes, s: logical_sharding(axes, s.shape, mesh, rules),
+        param_logical_axes(model), shapes, is_leaf=lambda x: isinstance(x, tuple),
+    )
+
+
+def init_params(model: Transformer, key: jax.Array, mesh: Mesh | None = None) -> dict:
+    """Random parameters (normal(0.02) weights, unit norms, zero biases) as a plain pytree.
+
+    With a mesh, each parameter is created directly in its sharded layout (jit with out_shardings).
+    """
+    def init(k):
+        ids = jnp.zeros((1, 1), jnp.int32)
+        return nn.meta.unbox(model.init(k, ids, ids, ids)["params"])
+
+    if mesh is None:
+        return jax.jit(init)(key)
+    rules = model.mesh_rules.rules if model.mesh_rules is not None else DEFAULT_RULES
+    return jax.jit(init, out_shardings=param_shardings(model, mesh, rules))(key)
+
+
+def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
+    """Rotary positions [B, T] for a (left-)padded batch: the index of each real token among its row's."""
+    return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def forward(model: Transformer, params: dict, input_ids: jax.Array, attention_mask: jax.Array,
+            *, return_hidden: bool = False) -> jax.Array:
+    """Logits [B, T, V] float32 for a padded batch (positions derived from ``attention_mask`` [B, T]).
+
+    Padding may be on either side; a left-padded row gives the same logits at its real tokens as the
+    same row unpadded. Logits at padding positions are finite but meaningless.
+    """
+    if input_ids.ndim != 2 or attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"forward: `input_ids` {input_ids.shape} and `attention_mask` {attention_mask.shape} must both be [B, T]"
+        )
+    out, _ = model.apply(
+        {"params": params}, input_ids, positions_from_mask(attention_mask), attention_mask,
+        return_hidden=return_hidden,
+    )
+    return out

@@ -1,0 +1,37 @@
+"""Tokenizers: transformers' AutoTokenizer from the checkpoint directory, and prompt rendering."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def load_tokenizer(path: str | os.PathLike) -> Any:
+    """The checkpoint's own tokenizer (local files only; nothing is downloaded), padding on the left.
+
+    Left padding is what batched generation needs: every prompt ends at the same column, so the first
+    generated token of every row is predicted from the last column.
+    """
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(os.fspath(path), local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise FileNotFoundError(f"no usable tokenizer files in {os.fspath(path)!r}: {e}") from e
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"tokenizer in {os.fspath(path)!r} has neither a pad nor an eos token to pad with")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def render_prompt(tokenizer: Any, prompt: str, *, chat_template: bool, system: str | None = None) -> str:
+    """The text the model sees: the raw prompt, or the chat template's rendering of a user turn
+    (with ``system`` first if given) followed by the assistant's generation prompt."""
+    if not chat_template:
+        return prompt
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("the recipe asks for the chat template but this tokenizer has none")
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -1,0 +1,188 @@
+"""The decoder-only transformer of the Llama / Qwen2 / Qwen3 families, in Flax (linen), with a KV cache.
+
+Pure apply: parameters are a plain nested dict of arrays; ``Transformer.apply({"params": params}, ...)``
+has no side effects. Every parameter is declared with logical axis names (embed, heads, kv_heads,
+head_dim, mlp, vocab) and activations are constrained by (batch, length, embed, heads, ...): one rule
+table (grpo_jax.sharding.DEFAULT_RULES) maps them onto the mesh.
+
+Shapes: B batch rows, T tokens in this call, S key slots (T without a cache, the cache length with one),
+D hidden, H query heads, K key/value heads (H % K == 0), Dh head_dim, F intermediate, V vocabulary.
+
+Attention masking is by *slot*: the token at query row t of this call sits in slot ``cache_index + t``
+and may attend slot s when s <= cache_index + t and ``kv_mask[b, s]``. Without a cache, cache_index = 0
+and kv_mask is the attention (padding) mask, i.e. ordinary causal attention that ignores padding. With
+a cache, the same rule covers prefill (T prompt tokens written at cache_index) and decoding (T = 1).
+Rotary positions are passed explicitly, so a left-padded row rotates its first real token by 0.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from grpo_jax.models.config import ModelConfig
+from grpo_jax.models.rope import apply_rotary, rotary_angles
+from grpo_jax.sharding import MeshRules, constrain
+
+# One layer's cache: {"k": [B, S, K, Dh], "v": [B, S, K, Dh]}; the model's: a tuple over layers.
+KVCache = tuple[dict[str, jax.Array], ...]
+
+_MASKED = float(jnp.finfo(jnp.float32).min)  # finite, so a row with nothing to attend stays NaN-free
+_INIT = nn.initializers.normal(stddev=0.02)
+
+
+def _param(module: nn.Module, name: str, init, shape: tuple[int, ...], axes: tuple[str, ...]) -> jax.Array:
+    return module.param(name, nn.with_logical_partitioning(init, axes), shape, module.config.param_dtype)
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * scale, normalised in float32 (as transformers does)."""
+
+    config: ModelConfig
+    axis_name: str = "embed"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = _param(self, "scale", nn.initializers.ones, (x.shape[-1],), (self.axis_name,))
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.config.rms_norm_eps)
+        return normed.astype(x.dtype) * scale.astype(x.dtype)
+
+
+class Attention(nn.Module):
+    config: ModelConfig
+    mesh_rules: MeshRules | None = None
+
+    @nn.compact
+    def __call__(self, x, cos, sin, kv_mask, cache, cache_index):
+        cfg = self.config
+        d, h, k, dh = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        dtype = cfg.dtype
+
+        def project(name, heads, axes):
+            kernel = _param(self, f"{name}_kernel", _INIT, (d, heads, dh), ("embed", axes, "head_dim"))
+            y = jnp.einsum("btd,dhk->bthk", x, kernel.astype(dtype))
+            if cfg.qkv_bias:
+                y = y + _param(self, f"{name}_bias", nn.initializers.zeros, (heads, dh), (axes, "head_dim")).astype(dtype)
+            return constrain(y, ("batch", "length", axes, "head_dim"), self.mesh_rules)
+
+        q, key, value = project("q", h, "heads"), project("k", k, "kv_heads"), project("v", k, "kv_heads")
+        if cfg.qk_norm:
+            q = RMSNorm(cfg, "head_dim", name="q_norm")(q)
+            key = RMSNorm(cfg, "head_dim", name="k_norm")(key)
+        q, key = apply_rotary(q, cos, sin), apply_rotary(key, cos, sin)
+
+        new_cache = None
+        if cache is not None:
+            key = jax.lax.dynamic_update_slice(cache["k"], key.astype(cache["k"].dtype), (0, cache_index, 0, 0))
+            value = jax.lax.dynamic_update_slice(cache["v"], value.astype(cache["v"].dtype), (0, cache_index, 0, 0))
+            new_cache = {"k": key, "v": value}
+            key, value = key.astype(dtype), value.astype(dtype)
+
+        b, t = x.shape[:2]
+        s = key.shape[1]
+        q = q.reshape(b, t, k, h // k, dh)  # grouped-query: each kv head serves h // k query heads
+        scores = jnp.einsum("btkgd,bskd->bkgts", q, key, preferred_element_type=jnp.float32) / jnp.sqrt(
+            jnp.float32(dh)
+        )
+        query_slot = cache_index + jnp.arange(t)
+        allowed = (jnp.arange(s)[None, :] <= query_slot[:, None])[None] & kv_mask[:, None, :].astype(bool)
+        scores = jnp.where(allowed[:, None, None], scores, _MASKED)
+        probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, value).reshape(b, t, h, dh)
+        out = constrain(out, ("batch", "length", "heads", "head_dim"), self.mesh_rules)
+
+        o_kernel = _param(self, "o_kernel", _INIT, (h, dh, d), ("heads", "head_dim", "embed"))
+        y = jnp.einsum("bthk,hkd->btd", out, o_kernel.astype(dtype))
+        if cfg.o_bias:
+            y = y + _param(self, "o_bias", nn.initializers.zeros, (d,), ("embed",)).astype(dtype)
+        return y, new_cache
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    config: ModelConfig
+    mesh_rules: MeshRules | None = None
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        d, f, dtype = cfg.hidden_size, cfg.intermediate_size, cfg.dtype
+        gate = _param(self, "gate_kernel", _INIT, (d, f), ("embed", "mlp"))
+        up = _param(self, "up_kernel", _INIT, (d, f), ("embed", "mlp"))
+        down = _param(self, "down_kernel", _INIT, (f, d), ("mlp", "embed"))
+        hidden = jax.nn.silu(x @ gate.astype(dtype)) * (x @ up.astype(dtype))
+        hidden = constrain(hidden, ("batch", "length", "mlp"), self.mesh_rules)
+        return hidden @ down.astype(dtype)
+
+
+class DecoderLayer(nn.Module):
+    config: ModelConfig
+    mesh_rules: MeshRules | None = None
+
+    @nn.compact
+    def __call__(self, x, cos, sin, kv_mask, cache, cache_index):
+        attn_out, new_cache = Attention(self.config, self.mesh_rules, name="attn")(
+            RMSNorm(self.config, name="input_norm")(x), cos, sin, kv_mask, cache, cache_index
+        )
+        x = x + attn_out
+        x = x + MLP(self.config, self.mesh_rules, name="mlp")(RMSNorm(self.config, name="post_attention_norm")(x))
+        return constrain(x, ("batch", "length", "embed"), self.mesh_rules), new_cache
+
+
+class Transformer(nn.Module):
+    """Decoder-only LM. ``__call__`` returns (logits [B, T, V] float32 — or hidden [B, T, D] — , new cache).
+
+    Args of ``__call__``:
+      input_ids: [B, T] int token ids.
+      positions: [B, T] int rotary positions (for a left-padded row: cumsum(mask) - 1).
+      kv_mask: [B, S] bool/int, which key slots hold real tokens (S = T without cache).
+      cache: None, or a KVCache from ``init_cache`` with S slots per layer.
+      cache_index: int (may be traced): the slot of this call's first token.
+      return_hidden: return the final-norm hidden states [B, T, D] (compute dtype) instead of logits.
+    """
+
+    config: ModelConfig
+    mesh_rules: MeshRules | None = None
+
+    @nn.compact
+    def __call__(self, input_ids, positions, kv_mask, cache: KVCache | None = None, cache_index: Any = 0,
+                 return_hidden: bool = False):
+        cfg = self.config
+        embedding = _param(self, "embedding", _INIT, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"))
+        x = jnp.take(embedding, input_ids, axis=0).astype(cfg.dtype)
+        x = constrain(x, ("batch", "length", "embed"), self.mesh_rules)
+        cos, sin = rotary_angles(cfg, positions)
+        layer_cls = nn.remat(DecoderLayer) if cfg.remat else DecoderLayer
+        new_cache = []
+        for i in range(cfg.num_hidden_layers):
+            x, layer_cache = layer_cls(cfg, self.mesh_rules, name=f"layers_{i}")(
+                x, cos, sin, kv_mask, None if cache is None else cache[i], cache_index
+            )
+            new_cache.append(layer_cache)
+        x = RMSNorm(cfg, name="final_norm")(x)
+        out_cache = None if cache is None else tuple(new_cache)
+        if return_hidden:
+            return x, out_cache
+        if cfg.tie_word_embeddings:
+            unembedding = embedding.T
+        else:
+            unembedding = _param(self, "lm_head", _INIT, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"))
+        logits = jnp.einsum("btd,dv->btv", x, unembedding.astype(cfg.dtype), preferred_element_type=jnp.float32)
+        return constrain(logits, ("batch", "length", "vocab"), self.mesh_rules), out_cache
+
+
+def unembedding_matrix(config: ModelConfig, params: dict) -> jax.Array:
+    """The [D, V] output projection (the transposed embedding when tied), for token_logprobs_from_hidden."""
+    return params["embedding"].T if config.tie_word_embeddings else params["lm_head"]
+
+
+def init_cache(config: ModelConfig, batch: int, max_length: int, dtype: Any = None) -> KVCache:
+    """An empty KV cache: per layer k and v of shape [batch, max_length, K, Dh] (compute dtype by default)."""
+    shape = (batch, max_length, config.num_key_value_heads, config.head_dim)
+    dtype = config.dtype if dtype is None else dtype
+    return tuple({"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(config.num_hidden_layers))

@@ -1,0 +1,49 @@
+"""The tokenizer is transformers' AutoTokenizer from the checkpoint directory; prompts may use its chat template."""
+
+import pytest
+
+from grpo_jax.models import load_tokenizer, render_prompt
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def make_tokenizer(path, *, chat_template=CHAT_TEMPLATE, with_eos=True):
+    """A real (tiny) BPE tokenizer trained here on a few sentences, saved as Hugging Face files."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|pad|>", "<|end|>", "<|user|>", "<|system|>", "<|assistant|>"] if with_eos else ["<|pad|>"]
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(["What is 2 + 2? The answer is 4.", "Think step by step."] * 20, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|end|>" if with_eos else None)
+    if chat_template:
+        fast.chat_template = chat_template
+    fast.save_pretrained(path)
+    return fast
+
+
+def test_load_and_render_with_chat_template(tmp_path):
+    make_tokenizer(tmp_path)
+    tokenizer = load_tokenizer(tmp_path)
+    assert tokenizer.padding_side == "left" and tokenizer.pad_token == "<|end|>"
+    text = render_prompt(tokenizer, "What is 2 + 2?", chat_template=True, system="Think step by step.")
+    assert text == "<|system|>Think step by step.<|end|><|user|>What is 2 + 2?<|end|><|assistant|>"
+    assert render_prompt(tokenizer, "What is 2 + 2?", chat_template=False) == "What is 2 + 2?"
+    batch = tokenizer(["What is 2 + 2?", "Think"], padding=True)
+    assert batch["attention_mask"][1][0] == 0 and batch["attention_mask"][1][-1] == 1  # left padded
+    assert tokenizer.decode(tokenizer("What is 2 + 2?")["input_ids"]) == "What is 2 + 2?"
+
+
+def test_tokenizer_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no usable tokenizer files"):
+        load_tokenizer(tmp_path)
+    make_tokenizer(tmp_path / "plain", chat_template=None)
+    with pytest.raises(ValueError, match="asks for the chat template but this tokenizer has none"):
+        render_prompt(load_tokenizer(tmp_path / "plain"), "hi", chat_template=True)
