@@ -1,0 +1,274 @@
+"""Group sampling: B prompts -> B * G completions, one jit-compiled program per shape bucket.
+
+How it works:
+  1. Prompts are left-padded and bucketed: the prompt length is padded (on the left) up to the next entry
+     of ``prompt_length_buckets`` and the batch (with empty rows) up to the next ``batch_buckets`` entry,
+     so a training run with varying prompts compiles at most len(prompt buckets) x len(batch buckets)
+     times, and in practice a handful.
+  2. Prefill runs once per *prompt* (B rows, not B * G) and writes the prompt's keys/values into a KV cache
+     with room for ``max_new_tokens`` more; that cache (and the prompt's last logits) is then shared by
+     its G completions by repeating rows, so completion j of prompt i is row i * G + j (the layout of
+     grpo_jax.losses).
+  3. Decoding is a ``lax.while_loop`` inside the same jit: sample a token for every row, append it to the
+     cache, run the model on it, repeat, and stop as soon as every row has produced an EOS/stop token (or
+     after max_new_tokens). No host round trip per token.
+
+Log-probabilities and the trainer (read this before using ``logprobs`` as pi_old):
+  * ``policy_logprobs`` = log softmax(logits / temperature)[token]: exactly what the trainer computes with
+    ``grpo_jax.losses.token_logprobs(logits, tokens, temperature=temperature)`` on the full sequence (the
+    same temperature-scaled, untruncated distribution). With mu = 1 the trainer may use it as pi_old, and
+    the first importance ratio is 1 up to float rounding.
+  * ``logprobs`` = the log-probability under the distribution actually sampled from: temperature-scaled,
+    then restricted to the top-k / top-p set and renormalised. With top_k = 0 and top_p = 1 (GRPO's usual
+    setting) the two are identical; with truncation they differ by the log of the kept probability mass.
+  * greedy decoding samples nothing; both fields then hold log softmax(logits / temperature) of the argmax.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from grpo_jax import _validation as v
+from grpo_jax.models.model import positions_from_mask
+from grpo_jax.models.transformer import Transformer, init_cache
+from grpo_jax.sharding import logical_sharding
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """How completions are drawn. Names follow TRL's GRPOConfig / generation config where they exist.
+
+    num_generations: G, completions per prompt.
+    max_new_tokens: longest completion.
+    temperature: > 0; logits are divided by it (also in the trainer's log-probabilities).
+    top_p: nucleus sampling, keep the smallest set of tokens whose probability reaches top_p (1 = off).
+    top_k: keep the k most likely tokens (0 = off).
+    greedy: argmax decoding (eval); ignores temperature, top_p, top_k for the choice of token.
+    eos_token_ids: tokens that end a completion (EOS plus extra stop ids); the stop token is kept and
+      counts in the mask.
+    pad_token_id: written after a completion ends and used to pad prompts.
+    prompt_length_buckets, batch_buckets: ascending sizes prompts and batches are padded up to; beyond
+      the largest, sizes round up to a multiple of it.
+    """
+
+    num_generations: int = 8
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    greedy: bool = False
+    eos_token_ids: tuple[int, ...] = ()
+    pad_token_id: int = 0
+    prompt_length_buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048)
+    batch_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+    def __post_init__(self) -> None:
+        fn = "SamplingConfig"
+        for name in ("eos_token_ids", "prompt_length_buckets", "batch_buckets"):
+            value = getattr(self, name)
+            value = (value,) if isinstance(value, (int, np.integer)) else tuple(int(x) for x in value)
+            object.__setattr__(self, name, value)
+        v.as_int(fn, "num_generations", self.num_generations, minimum=1)
+        v.as_int(fn, "max_new_tokens", self.max_new_tokens, minimum=1)
+        v.as_int(fn, "top_k", self.top_k, minimum=0)
+        v.as_int(fn, "pad_token_id", self.pad_token_id, minimum=0)
+        v.require_positive(fn, "temperature", self.temperature)
+        if not 0.0 < float(self.top_p) <= 1.0:
+            raise ValueError(f"{fn}: `top_p` must be in (0, 1], got {self.top_p!r}")
+        for name in ("prompt_length_buckets", "batch_buckets"):
+            buckets = getattr(self, name)
+            if not buckets or any(b < 1 for b in buckets) or list(buckets) != sorted(set(buckets)):
+                raise ValueError(f"{fn}: `{name}` must be strictly ascending positive sizes, got {buckets}")
+        if any(t < 0 for t in self.eos_token_ids):
+            raise ValueError(f"{fn}: `eos_token_ids` must be token ids >= 0, got {self.eos_token_ids}")
+
+
+@flax.struct.dataclass
+class SampleResult:
+    """B * G completions, group-contiguous (row i * G + j = completion j of prompt i).
+
+    tokens: [B*G, max_new_tokens] int32, pad_token_id after the end.
+    mask: [B*G, max_new_tokens] int32, 1 up to and including the EOS/stop token.
+    logprobs: [B*G, max_new_tokens] float32, under the distribution sampled from (0 where mask is 0).
+    policy_logprobs: [B*G, max_new_tokens] float32, log softmax(logits / temperature) (0 where mask is 0).
+    finished: [B*G] bool, ended by an EOS/stop token (False: truncated at max_new_tokens).
+    decode_steps: int32 scalar, decode iterations run (< max_new_tokens when every row stopped early).
+    """
+
+    tokens: jax.Array
+    mask: jax.Array
+    logprobs: jax.Array
+    policy_logprobs: jax.Array
+    finished: jax.Array
+    decode_steps: jax.Array
+
+
+def bucket_size(n: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket >= n; beyond the largest, the next multiple of the largest."""
+    for b in buckets:
+        if n <= b:
+            return b
+    return -(-n // buckets[-1]) * buckets[-1]
+
+
+# Trace-time bookkeeping: incremented only when jax traces (i.e. compiles) the sampler for a new bucket.
+_TRACES = {"count": 0, "last_prefill_rows": None, "last_decode_rows": None}
+
+
+def compile_count() -> int:
+    """How many times the sampler has been traced (compiled) in this process."""
+    return _TRACES["count"]
+
+
+def last_trace_shapes() -> dict[str, Any]:
+    """Rows the prefill and the decode loop saw in the most recent trace (prefill: B, decode: B * G)."""
+    return {"prefill_rows": _TRACES["last_prefill_rows"], "decode_rows": _TRACES["last_decode_rows"]}
+
+
+def _choose(logits: jax.Array, key: jax.Array, config: SamplingConfig) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Sample one token per row from logits [N, V] (float32): (token, sampled logprob, policy logprob)."""
+    scaled = logits / config.temperature
+    policy = jax.nn.log_softmax(scaled, axis=-1)
+    if config.greedy:
+        token = jnp.argmax(logits, axis=-1)
+        lp = jnp.take_along_axis(policy, token[:, None], axis=-1)[:, 0]
+        return token, lp, lp
+    kept = scaled
+    vocab = logits.shape[-1]
+    if 0 < config.top_k < vocab:
+        kth = jax.lax.top_k(scaled, config.top_k)[0][:, -1:]
+        kept = jnp.where(scaled >= kth, kept, -jnp.inf)
+    if config.top_p < 1.0:
+        ordered = jnp.sort(kept, axis=-1)[:, ::-1]
+        probs = jax.nn.softmax(ordered, axis=-1)
+        mass_before = jnp.cumsum(probs, axis=-1) - probs
+        # the smallest logit still needed to reach top_p (the first token is always kept)
+        threshold = jnp.min(jnp.where(mass_before < config.top_p, ordered, jnp.inf), axis=-1, keepdims=True)
+        kept = jnp.where(kept >= threshold, kept, -jnp.inf)
+    token = jax.random.categorical(key, kept, axis=-1)
+    sampled = jnp.take_along_axis(jax.nn.log_softmax(kept, axis=-1), token[:, None], axis=-1)[:, 0]
+    return token, sampled, jnp.take_along_axis(policy, token[:, None], axis=-1)[:, 0]
+
+
+def _generate_program(model: Transformer, config: SamplingConfig, params, prompt_ids, prompt_mask, key):
+    """The jitted sampler for one (batch bucket, prompt bucket). Shapes: prompt_* [Bb, Pb]."""
+    _TRACES["count"] += 1
+    g, new = config.num_generations, config.max_new_tokens
+    b, p = prompt_ids.shape
+    n = b * g
+    _TRACES["last_prefill_rows"], _TRACES["last_decode_rows"] = b, n
+    rules = model.mesh_rules
+
+    def rows(x, axes):  # shard rows of per-completion state over the batch axes of the mesh
+        return x if rules is None else jax.lax.with_sharding_constraint(
+            x, logical_sharding(axes, x.shape, rules.mesh, rules.rules))
+
+    # Prefill: once per prompt.
+    kv_mask = jnp.pad(prompt_mask, ((0, 0), (0, new)))
+    cache = init_cache(model.config, b, p + new)
+    logits, cache = model.apply(
+        {"params": params}, prompt_ids, positions_from_mask(prompt_mask), kv_mask, cache=cache, cache_index=0
+    )
+    # Share each prompt's cache and last logits with its G completions (row i * G + j).
+    cache = jax.tree.map(lambda x: rows(jnp.repeat(x, g, axis=0), ("batch", "length", "kv_heads", "head_dim")), cache)
+    last_logits = rows(jnp.repeat(logits[:, -1], g, axis=0), ("batch", "vocab"))
+    kv_mask = rows(jnp.repeat(kv_mask, g, axis=0), ("batch", "length"))
+    first_position = jnp.repeat(jnp.sum(prompt_mask, axis=1), g)  # rotary position of the first new token
+
+    def keep_going(state):
+        t, _, _, _, _, _, done, _, _, _ = state
+        return (t < new) & ~jnp.all(done)
+
+    def step(state):
+        t, last, tokens, out_mask, logprobs, policy_lp, done, cache, kv_mask, key = state
+        key, sub = jax.random.split(key)
+        token, lp, plp = _choose(last, sub, config)
+        live = ~done
+        token = jnp.where(live, token, config.pad_token_id).astype(jnp.int32)
+        tokens = tokens.at[:, t].set(token)
+        out_mask = out_mask.at[:, t].set(live.astype(jnp.int32))
+        logprobs = logprobs.at[:, t].set(jnp.where(live, lp, 0.0))
+        policy_lp = policy_lp.at[:, t].set(jnp.where(live, plp, 0.0))
+        done = done | jnp.isin(token, jnp.asarray(config.eos_token_ids, jnp.int32))
+        kv_mask = kv_mask.at[:, p + t].set(live.astype(kv_mask.dtype))
+        logits, cache = model.apply(
+            {"params": params}, token[:, None], (first_position + t)[:, None], kv_mask, cache=cache,
+            cache_index=p + t,
+        )
+        return t + 1, logits[:, 0], tokens, out_mask, logprobs, policy_lp, done, cache, kv_mask, key
+
+    state = (
+        jnp.int32(0), last_logits,
+        jnp.full((n, new), config.pad_token_id, jnp.int32), jnp.zeros((n, new), jnp.int32),
+        jnp.zeros((n, new), jnp.float32), jnp.zeros((n, new), jnp.float32), jnp.zeros((n,), bool),
+        cache, kv_mask, key,
+    )
+    steps, _, tokens, out_mask, logprobs, policy_lp, done, _, _, _ = jax.lax.while_loop(keep_going, step, state)
+    return SampleResult(tokens, out_mask, logprobs, policy_lp, done, steps)
+
+
+_generate_jit = jax.jit(_generate_program, static_argnums=(0, 1))
+
+
+def _check_prompts(prompt_ids, prompt_mask) -> None:
+    fn = "generate"
+    v.require_rank(fn, "prompt_ids", prompt_ids, (2,), "[B, P] left-padded prompt token ids")
+    v.require_integer(fn, "prompt_ids", prompt_ids)
+    v.require_same_shape(fn, "prompt_mask", prompt_mask, "prompt_ids", prompt_ids)
+    if v.shape_of(prompt_ids)[0] == 0 or v.shape_of(prompt_ids)[1] == 0:
+        raise ValueError(f"generate: `prompt_ids` is empty, shape {v.shape_of(prompt_ids)}")
+    mask = np.asarray(jax.device_get(prompt_mask)).astype(bool)
+    empty = np.flatnonzero(~mask.any(axis=1))
+    if empty.size:
+        raise ValueError(f"generate: prompt row(s) {empty[:5].tolist()} have no tokens (all of prompt_mask is 0)")
+    # left padding: once a row's real tokens start, they continue to the last column
+    not_left_padded = np.flatnonzero((np.diff(mask.astype(np.int8), axis=1) < 0).any(axis=1))
+    if not_left_padded.size:
+        raise ValueError(
+            f"generate: prompts must be left-padded (real tokens flush with the last column); row(s) "
+            f"{not_left_padded[:5].tolist()} are not. Use a tokenizer with padding_side='left'."
+        )
+
+
+def generate(
+    model: Transformer,
+    params: dict,
+    prompt_ids: jax.Array,
+    prompt_mask: jax.Array,
+    key: jax.Array,
+    config: SamplingConfig,
+) -> SampleResult:
+    """Sample ``config.num_generations`` completions for each of the B left-padded prompts.
+
+    Args:
+      model, params: from grpo_jax.models (a model built with a mesh shards rows over its batch axes).
+      prompt_ids: [B, P] int token ids, left-padded; prompt_mask: [B, P], 1 on real tokens.
+      key: a jax.random key; the same key gives the same completions (on any mesh).
+      config: SamplingConfig.
+
+    Returns a SampleResult with B * G rows (row i * G + j = completion j of prompt i).
+    """
+    if not isinstance(config, SamplingConfig):
+        raise TypeError(f"generate: `config` must be a SamplingConfig, got {type(config).__name__}")
+    _check_prompts(prompt_ids, prompt_mask)
+    b, p = v.shape_of(prompt_ids)
+    bb, pb = bucket_size(b, config.batch_buckets), bucket_size(p, config.prompt_length_buckets)
+    ids = np.full((bb, pb), config.pad_token_id, np.int32)
+    mask = np.zeros((bb, pb), np.int32)
+    ids[:b, pb - p:] = np.asarray(jax.device_get(prompt_ids))
+    mask[:b, pb - p:] = np.asarray(jax.device_get(prompt_mask))
+    if model.mesh_rules is not None:
+        rules = model.mesh_rules
+        ids, mask = (jax.device_put(x, logical_sharding(("batch", "length"), x.shape, rules.mesh, rules.rules))
+                     for x in (ids, mask))
+    result = _generate_jit(model, config, params, ids, mask, key)
+    n = b * config.num_generations  # drop the rows of bucket padding
+    return result.replace(**{f: getattr(result, f)[:n] for f in
+                             ("tokens", "mask", "logprobs", "policy_logprobs", "finished")})

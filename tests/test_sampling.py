@@ -1,0 +1,187 @@
+"""grpo_jax.sampling: exactness against full forwards and transformers, determinism, sharding, compiles."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from grpo_jax.losses import token_logprobs  # noqa: E402
+from grpo_jax.models import forward, load_pretrained  # noqa: E402
+from grpo_jax.sampling import (  # noqa: E402
+    SamplingConfig,
+    bucket_size,
+    compile_count,
+    generate,
+    last_trace_shapes,
+)
+from grpo_jax.sharding import make_mesh  # noqa: E402
+from hf_checkpoints import make_checkpoint  # noqa: E402
+
+VOCAB = 96
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("qwen2")
+    return path, make_checkpoint(path, "qwen2_bias_tied")
+
+
+@pytest.fixture(scope="module")
+def loaded(checkpoint):
+    return load_pretrained(checkpoint[0])
+
+
+def _prompts(seed=0, lengths=(5, 9, 2), width=9):
+    rng = np.random.RandomState(seed)
+    ids = np.zeros((len(lengths), width), np.int32)
+    mask = np.zeros((len(lengths), width), np.int32)
+    for i, n in enumerate(lengths):
+        ids[i, width - n:] = rng.randint(1, VOCAB, n)
+        mask[i, width - n:] = 1
+    return ids, mask
+
+
+def _full_sequence_logits(model, params, ids, mask, result, g):
+    full_ids = np.concatenate([np.repeat(ids, g, 0), np.asarray(result.tokens)], axis=1)
+    full_mask = np.concatenate([np.repeat(mask, g, 0), np.asarray(result.mask)], axis=1)
+    logits = np.asarray(forward(model, params, jnp.asarray(full_ids), jnp.asarray(full_mask)))
+    p = ids.shape[1]
+    return logits[:, p - 1:-1], full_ids[:, p:]  # logits predicting each completion token
+
+
+def test_greedy_equals_stepwise_argmax_of_full_forward(loaded):
+    model, params = loaded
+    ids, mask = _prompts()
+    result = generate(model, params, ids, mask, jax.random.key(0),
+                      SamplingConfig(num_generations=2, max_new_tokens=10, greedy=True))
+    logits, tokens = _full_sequence_logits(model, params, ids, mask, result, 2)
+    np.testing.assert_array_equal(tokens, np.argmax(logits, axis=-1))
+    assert np.all(np.asarray(result.mask) == 1) and not np.any(np.asarray(result.finished))
+    # greedy rows of the same prompt are identical
+    np.testing.assert_array_equal(np.asarray(result.tokens)[0::2], np.asarray(result.tokens)[1::2])
+
+
+def test_greedy_equals_transformers_generate(checkpoint, loaded):
+    import torch
+
+    _, torch_model = checkpoint
+    model, params = loaded
+    ids, mask = _prompts(1)
+    result = generate(model, params, ids, mask, jax.random.key(0),
+                      SamplingConfig(num_generations=1, max_new_tokens=12, greedy=True))
+    for i in range(ids.shape[0]):
+        prompt = torch.as_tensor(ids[i][mask[i] == 1][None], dtype=torch.long)
+        with torch.no_grad():
+            out = torch_model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                                       max_new_tokens=12, min_new_tokens=12, eos_token_id=None, pad_token_id=0)
+        np.testing.assert_array_equal(np.asarray(result.tokens)[i], out[0, prompt.shape[1]:].numpy())
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_logprobs_equal_token_logprobs_on_the_full_sequence(loaded, temperature):
+    model, params = loaded
+    ids, mask = _prompts(2)
+    g = 4
+    result = generate(model, params, ids, mask, jax.random.key(1),
+                      SamplingConfig(num_generations=g, max_new_tokens=10, temperature=temperature,
+                                     eos_token_ids=(7, 11)))
+    logits, tokens = _full_sequence_logits(model, params, ids, mask, result, g)
+    expected = np.asarray(token_logprobs(jnp.asarray(logits), jnp.asarray(tokens), temperature=temperature))
+    m = np.asarray(result.mask)
+    np.testing.assert_allclose(np.asarray(result.logprobs) * m, expected * m, atol=1e-4, rtol=0)
+    np.testing.assert_array_equal(np.asarray(result.logprobs), np.asarray(result.policy_logprobs))
+    assert np.all(np.asarray(result.logprobs)[m == 0] == 0)
+
+
+def test_eos_ends_a_completion_and_is_kept(loaded):
+    model, params = loaded
+    ids, mask = _prompts(3)
+    stop = tuple(range(0, VOCAB, 4))  # a quarter of the vocabulary stops: most rows end early
+    config = SamplingConfig(num_generations=4, max_new_tokens=20, eos_token_ids=stop, pad_token_id=1)
+    result = generate(model, params, ids, mask, jax.random.key(2), config)
+    tokens, m, finished = np.asarray(result.tokens), np.asarray(result.mask), np.asarray(result.finished)
+    assert finished.any()
+    for row in range(tokens.shape[0]):
+        length = m[row].sum()
+        assert np.all(m[row, :length] == 1) and np.all(m[row, length:] == 0)
+        ended = np.isin(tokens[row, :length], stop)
+        assert finished[row] == ended.any()
+        if finished[row]:
+            assert ended[-1] and not ended[:-1].any()  # the stop token is the last one kept
+            assert np.all(tokens[row, length:] == 1)  # pad after the end
+    # every row stopping on its first token ends the loop after one step
+    everything_stops = SamplingConfig(num_generations=2, max_new_tokens=20, eos_token_ids=tuple(range(VOCAB)))
+    early = generate(model, params, ids, mask, jax.random.key(3), everything_stops)
+    assert int(early.decode_steps) == 1 and np.asarray(early.mask)[:, 1:].sum() == 0
+
+
+def test_top_k_one_equals_greedy_and_keys_are_deterministic(loaded):
+    model, params = loaded
+    ids, mask = _prompts(4)
+    greedy = generate(model, params, ids, mask, jax.random.key(0),
+                      SamplingConfig(num_generations=3, max_new_tokens=8, greedy=True))
+    top1 = generate(model, params, ids, mask, jax.random.key(5),
+                    SamplingConfig(num_generations=3, max_new_tokens=8, top_k=1, temperature=1.3))
+    np.testing.assert_array_equal(np.asarray(top1.tokens), np.asarray(greedy.tokens))
+    assert np.all(np.asarray(top1.logprobs) == 0.0)  # a point mass: the sampled distribution has prob 1
+    config = SamplingConfig(num_generations=3, max_new_tokens=8)
+    a = generate(model, params, ids, mask, jax.random.key(7), config)
+    b = generate(model, params, ids, mask, jax.random.key(7), config)
+    c = generate(model, params, ids, mask, jax.random.key(8), config)
+    np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
+    assert not np.array_equal(np.asarray(a.tokens), np.asarray(c.tokens))
+
+
+@pytest.mark.parametrize("axes", [{"data": 8}, {"fsdp": 4, "tensor": 2}])
+def test_mesh_gives_the_same_output_as_one_device(checkpoint, loaded, axes):
+    model, params = loaded
+    sharded_model, sharded_params = load_pretrained(checkpoint[0], mesh=make_mesh(axes))
+    ids, mask = _prompts(5, lengths=(3, 7, 5, 1, 6, 2, 4, 7), width=7)
+    config = SamplingConfig(num_generations=2, max_new_tokens=6, temperature=0.9, eos_token_ids=(5,))
+    single = generate(model, params, ids, mask, jax.random.key(9), config)
+    sharded = generate(sharded_model, sharded_params, ids, mask, jax.random.key(9), config)
+    np.testing.assert_array_equal(np.asarray(sharded.tokens), np.asarray(single.tokens))
+    np.testing.assert_allclose(np.asarray(sharded.logprobs), np.asarray(single.logprobs), atol=1e-5)
+
+
+def test_prefill_sees_b_rows_and_compiles_are_bounded_by_buckets(loaded):
+    model, params = loaded
+    config = SamplingConfig(num_generations=3, max_new_tokens=4, prompt_length_buckets=(8, 16, 32),
+                            batch_buckets=(4,))
+    rng = np.random.RandomState(11)
+    before = compile_count()
+    buckets_used = set()
+    for _ in range(50):
+        length = int(rng.randint(1, 33))
+        ids, mask = _prompts(int(rng.randint(1000)), lengths=(length, max(1, length // 2)), width=length)
+        generate(model, params, ids, mask, jax.random.key(0), config)
+        buckets_used.add(bucket_size(length, config.prompt_length_buckets))
+        assert last_trace_shapes() == {"prefill_rows": 4, "decode_rows": 12}  # batch bucket 4: B, then B * G
+    assert compile_count() - before <= len(buckets_used) <= 3
+
+
+def test_bucket_size():
+    assert [bucket_size(n, (8, 16)) for n in (1, 8, 9, 16, 17, 33)] == [8, 8, 16, 16, 32, 48]
+
+
+def test_bad_prompts_and_configs(loaded):
+    model, params = loaded
+    ids, mask = _prompts(6)
+    right_padded = mask[:, ::-1].copy()
+    with pytest.raises(ValueError, match=r"prompts must be left-padded.*row\(s\) \[0, 2\]"):
+        generate(model, params, ids, right_padded, jax.random.key(0), SamplingConfig())
+    empty = mask.copy()
+    empty[1] = 0
+    with pytest.raises(ValueError, match=r"prompt row\(s\) \[1\] have no tokens"):
+        generate(model, params, ids, empty, jax.random.key(0), SamplingConfig())
+    with pytest.raises(ValueError, match=r"`top_p` must be in \(0, 1\], got 0.0"):
+        SamplingConfig(top_p=0.0)
+    with pytest.raises(ValueError, match=r"`temperature` must be a finite number > 0"):
+        SamplingConfig(temperature=0)
+    with pytest.raises(ValueError, match=r"`prompt_length_buckets` must be strictly ascending"):
+        SamplingConfig(prompt_length_buckets=(64, 32))
+    with pytest.raises(TypeError, match=r"`config` must be a SamplingConfig"):
+        generate(model, params, ids, mask, jax.random.key(0), {"num_generations": 2})
