@@ -133,28 +133,37 @@ def last_trace_shapes() -> dict[str, Any]:
 
 
 def _choose(logits: jax.Array, key: jax.Array, config: SamplingConfig) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Sample one token per row from logits [N, V] (float32): (token, sampled logprob, policy logprob)."""
+    """Sample one token per row from logits [N, V] (float32): (token, sampled logprob, policy logprob).
+
+    Sampling is by inverse CDF: one uniform number per row against the cumulative probabilities. It draws
+    from exactly the same distribution as Gumbel-max (``jax.random.categorical``) but needs N random
+    numbers instead of N * V, which on a CPU was a third of a decode step.
+    """
     scaled = logits / config.temperature
     policy = jax.nn.log_softmax(scaled, axis=-1)
     if config.greedy:
         token = jnp.argmax(logits, axis=-1)
         lp = jnp.take_along_axis(policy, token[:, None], axis=-1)[:, 0]
         return token, lp, lp
-    kept = scaled
+    kept, truncated = scaled, False
     vocab = logits.shape[-1]
     if 0 < config.top_k < vocab:
         kth = jax.lax.top_k(scaled, config.top_k)[0][:, -1:]
-        kept = jnp.where(scaled >= kth, kept, -jnp.inf)
+        kept, truncated = jnp.where(scaled >= kth, kept, -jnp.inf), True
     if config.top_p < 1.0:
         ordered = jnp.sort(kept, axis=-1)[:, ::-1]
         probs = jax.nn.softmax(ordered, axis=-1)
         mass_before = jnp.cumsum(probs, axis=-1) - probs
         # the smallest logit still needed to reach top_p (the first token is always kept)
         threshold = jnp.min(jnp.where(mass_before < config.top_p, ordered, jnp.inf), axis=-1, keepdims=True)
-        kept = jnp.where(kept >= threshold, kept, -jnp.inf)
-    token = jax.random.categorical(key, kept, axis=-1)
-    sampled = jnp.take_along_axis(jax.nn.log_softmax(kept, axis=-1), token[:, None], axis=-1)[:, 0]
-    return token, sampled, jnp.take_along_axis(policy, token[:, None], axis=-1)[:, 0]
+        kept, truncated = jnp.where(kept >= threshold, kept, -jnp.inf), True
+    sampling = jax.nn.log_softmax(kept, axis=-1) if truncated else policy
+    cdf = jnp.cumsum(jnp.exp(sampling), axis=-1)
+    # scale u by the total so float rounding of the cdf can never select past the last kept token
+    u = jax.random.uniform(key, (logits.shape[0], 1), jnp.float32) * cdf[:, -1:]
+    token = jnp.minimum(jnp.sum(cdf < u, axis=-1), vocab - 1).astype(jnp.int32)
+    pick = lambda lp: jnp.take_along_axis(lp, token[:, None], axis=-1)[:, 0]  # noqa: E731
+    return token, pick(sampling), pick(policy)
 
 
 def _generate_program(model: Transformer, config: SamplingConfig, params, prompt_ids, prompt_mask, key):
@@ -177,7 +186,7 @@ def _generate_program(model: Transformer, config: SamplingConfig, params, prompt
         {"params": params}, prompt_ids, positions_from_mask(prompt_mask), kv_mask, cache=cache, cache_index=0
     )
     # Share each prompt's cache and last logits with its G completions (row i * G + j).
-    cache = jax.tree.map(lambda x: rows(jnp.repeat(x, g, axis=0), ("batch", "length", "kv_heads", "head_dim")), cache)
+    cache = jax.tree.map(lambda x: rows(jnp.repeat(x, g, axis=0), ("batch", "kv_heads", "length", "head_dim")), cache)
     last_logits = rows(jnp.repeat(logits[:, -1], g, axis=0), ("batch", "vocab"))
     kv_mask = rows(jnp.repeat(kv_mask, g, axis=0), ("batch", "length"))
     first_position = jnp.repeat(jnp.sum(prompt_mask, axis=1), g)  # rotary position of the first new token

@@ -27,7 +27,7 @@ from grpo_jax.models.config import ModelConfig
 from grpo_jax.models.rope import apply_rotary, rotary_angles
 from grpo_jax.sharding import MeshRules, constrain
 
-# One layer's cache: {"k": [B, S, K, Dh], "v": [B, S, K, Dh]}; the model's: a tuple over layers.
+# One layer's cache: {"k": [B, K, S, Dh], "v": [B, K, S, Dh]}; the model's: a tuple over layers.
 KVCache = tuple[dict[str, jax.Array], ...]
 
 _MASKED = float(jnp.finfo(jnp.float32).min)  # finite, so a row with nothing to attend stays NaN-free
@@ -75,24 +75,35 @@ class Attention(nn.Module):
             key = RMSNorm(cfg, "head_dim", name="k_norm")(key)
         q, key = apply_rotary(q, cos, sin), apply_rotary(key, cos, sin)
 
+        # Keys/values as [B, K, S, Dh]: batch and kv-head leading, so both attention matmuls contract over a
+        # contiguous minor axis and a decode step reads the cache without transposing it.
+        key, value = key.transpose(0, 2, 1, 3), value.transpose(0, 2, 1, 3)
         new_cache = None
         if cache is not None:
-            key = jax.lax.dynamic_update_slice(cache["k"], key.astype(cache["k"].dtype), (0, cache_index, 0, 0))
-            value = jax.lax.dynamic_update_slice(cache["v"], value.astype(cache["v"].dtype), (0, cache_index, 0, 0))
+            key = jax.lax.dynamic_update_slice(cache["k"], key.astype(cache["k"].dtype), (0, 0, cache_index, 0))
+            value = jax.lax.dynamic_update_slice(cache["v"], value.astype(cache["v"].dtype), (0, 0, cache_index, 0))
             new_cache = {"k": key, "v": value}
             key, value = key.astype(dtype), value.astype(dtype)
 
         b, t = x.shape[:2]
-        s = key.shape[1]
+        s = key.shape[2]
         q = q.reshape(b, t, k, h // k, dh)  # grouped-query: each kv head serves h // k query heads
-        scores = jnp.einsum("btkgd,bskd->bkgts", q, key, preferred_element_type=jnp.float32) / jnp.sqrt(
-            jnp.float32(dh)
-        )
+        if t == 1:  # decoding: a matrix-vector product per row, memory-bound; a fused multiply-reduce
+            # reads the cache once, where a batched matmul of [G, Dh] x [Dh, S] tiles is dominated by overhead
+            scores = jnp.sum(q[:, 0, :, :, None, :].astype(jnp.float32) * key[:, :, None].astype(jnp.float32),
+                             axis=-1)[:, :, :, None, :]
+        else:
+            scores = jnp.einsum("btkgd,bksd->bkgts", q, key, preferred_element_type=jnp.float32)
+        scores = scores / jnp.sqrt(jnp.float32(dh))
         query_slot = cache_index + jnp.arange(t)
         allowed = (jnp.arange(s)[None, :] <= query_slot[:, None])[None] & kv_mask[:, None, :].astype(bool)
         scores = jnp.where(allowed[:, None, None], scores, _MASKED)
         probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, value).reshape(b, t, h, dh)
+        if t == 1:
+            out = jnp.sum(probs[:, :, :, 0, :, None] * value[:, :, None], axis=-2)[:, None]  # [B, 1, K, G, Dh]
+        else:
+            out = jnp.einsum("bkgts,bksd->btkgd", probs, value)
+        out = out.reshape(b, t, h, dh)
         out = constrain(out, ("batch", "length", "heads", "head_dim"), self.mesh_rules)
 
         o_kernel = _param(self, "o_kernel", _INIT, (h, dh, d), ("heads", "head_dim", "embed"))
@@ -182,7 +193,7 @@ def unembedding_matrix(config: ModelConfig, params: dict) -> jax.Array:
 
 
 def init_cache(config: ModelConfig, batch: int, max_length: int, dtype: Any = None) -> KVCache:
-    """An empty KV cache: per layer k and v of shape [batch, max_length, K, Dh] (compute dtype by default)."""
-    shape = (batch, max_length, config.num_key_value_heads, config.head_dim)
+    """An empty KV cache: per layer k and v of shape [batch, K, max_length, Dh] (compute dtype by default)."""
+    shape = (batch, config.num_key_value_heads, max_length, config.head_dim)
     dtype = config.dtype if dtype is None else dtype
     return tuple({"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(config.num_hidden_layers))
