@@ -88,6 +88,9 @@ def test_bf16_export_and_load(qwen2_dir, tmp_path):
     )
     _, params32 = load_pretrained(tmp_path)  # bf16 file, fp32 parameters
     assert params32["embedding"].dtype == jnp.float32
+    np.testing.assert_array_equal(
+        np.asarray(params32["embedding"]), np.asarray(params["embedding"].astype(jnp.bfloat16).astype(jnp.float32))
+    )
 
 
 # ---- errors --------------------------------------------------------------------------------------------
@@ -157,6 +160,7 @@ def test_missing_tensor_and_extra_tensor(llama_dir, tmp_path):
         (dict(rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e6}),
          r"rope_type 'yarn' is not implemented; supported: default, llama3"),
         (dict(hidden_act="gelu"), r"hidden_act='gelu' is not implemented"),
+        (dict(layer_types=["full_attention", "sliding_attention"]), r"only full attention is implemented"),
     ],
 )
 def test_unsupported_architectures(qwen2_dir, tmp_path, change, pattern):
@@ -166,6 +170,27 @@ def test_unsupported_architectures(qwen2_dir, tmp_path, change, pattern):
     (path / "config.json").write_text(json.dumps(config))
     with pytest.raises(UnsupportedModelError, match=pattern):
         load_pretrained(path)
+
+
+@pytest.mark.parametrize(
+    "attribute, value, pattern",
+    [
+        ("mlp_bias", True, r"mlp_bias=true is not implemented"),
+        ("num_experts", 8, r"mixture-of-experts layers are not implemented"),
+    ],
+)
+def test_unsupported_options_on_a_supported_model_type(attribute, value, pattern):
+    from grpo_jax.models import ModelConfig
+    from hf_checkpoints import hf_config
+
+    config = hf_config("llama_gqa2_untied")
+    setattr(config, attribute, value)
+    with pytest.raises(UnsupportedModelError, match=pattern):
+        ModelConfig.from_hf(config)
+    config = hf_config("llama_gqa2_untied")
+    config.rope_parameters = {**config.rope_parameters, "partial_rotary_factor": 0.5}
+    with pytest.raises(UnsupportedModelError, match=r"partial_rotary_factor != 1 is not implemented"):
+        ModelConfig.from_hf(config)
 
 
 def test_legacy_config_keys_are_understood(qwen2_dir, tmp_path):
@@ -178,3 +203,50 @@ def test_legacy_config_keys_are_understood(qwen2_dir, tmp_path):
     (path / "config.json").write_text(json.dumps(config))
     model, _ = load_pretrained(path)
     assert model.config.rope_theta == theta and model.config.rope_scaling is None
+
+
+def test_list_eos_ids_survive_export(tmp_path):
+    """Llama-3 Instruct configs list several eos ids; export must keep them as transformers expects."""
+    make_checkpoint(tmp_path / "src", "llama_gqa2_untied", eos_token_id=[5, 7], bos_token_id=1)
+    model, params = load_pretrained(tmp_path / "src")
+    assert model.config.eos_token_id == (5, 7)
+    save_pretrained(model, params, tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["eos_token_id"] == [5, 7]
+    assert load_pretrained(tmp_path / "out")[0].config == model.config
+
+
+def test_tied_config_with_a_different_stored_head_loads_untied_like_transformers(qwen2_dir, tmp_path):
+    import torch
+    from safetensors.numpy import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    path = _copy(qwen2_dir, tmp_path / "c")
+    tensors = load_file(path / "model.safetensors")
+    tensors["lm_head.weight"] = np.random.RandomState(0).randn(96, 32).astype(np.float32)
+    save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
+    model, params = load_pretrained(path)
+    assert not model.config.tie_word_embeddings
+    reference = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    np.testing.assert_allclose(_logits(model, params), torch_logits(reference, IDS), atol=1e-4, rtol=0)
+    # an identical stored copy keeps the model tied
+    tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]
+    save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
+    assert load_pretrained(path)[0].config.tie_word_embeddings
+
+
+def test_out_of_vocabulary_ids_are_an_error(qwen2_dir):
+    model, params = load_pretrained(qwen2_dir)
+    with pytest.raises(ValueError, match=r"token ids must lie in \[0, vocab_size=96\), got values in \[-1, 5\]"):
+        forward(model, params, jnp.array([[-1, 5]]), jnp.ones((1, 2), jnp.int32))
+    with pytest.raises(ValueError, match=r"got values in \[3, 96\]"):
+        forward(model, params, jnp.array([[3, 96]]), jnp.ones((1, 2), jnp.int32))
+
+
+def test_kv_cache_overflow_is_an_error(qwen2_dir):
+    from grpo_jax.models import init_cache
+
+    model, params = load_pretrained(qwen2_dir)
+    cache = init_cache(model.config, batch=1, max_length=4)
+    ids = jnp.array([[3]])
+    with pytest.raises(ValueError, match=r"KV cache overflow: writing 1 token\(s\) at slot 4 of a cache with 4 slots"):
+        model.apply({"params": params}, ids, ids, jnp.ones((1, 4), jnp.int32), cache=cache, cache_index=4)

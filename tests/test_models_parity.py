@@ -122,6 +122,8 @@ def test_remat_gives_the_same_gradients(checkpoints):
 
     g = jax.grad(loss(model))(params)
     g_remat = jax.grad(loss(remat_model))(params)
+    assert "remat" in str(jax.make_jaxpr(jax.grad(loss(remat_model)))(params))  # remat is really applied
+    assert "remat" not in str(jax.make_jaxpr(jax.grad(loss(model)))(params))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), g, g_remat)
 
 

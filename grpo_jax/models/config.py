@@ -213,8 +213,9 @@ class ModelConfig:
             rope_parameters=rope_parameters,
             tie_word_embeddings=self.tie_word_embeddings,
             max_position_embeddings=self.max_position_embeddings,
-            bos_token_id=self.bos_token_id,
-            eos_token_id=self.eos_token_id,
+            # transformers' strict config types want lists where we keep hashable tuples
+            bos_token_id=list(self.bos_token_id) if isinstance(self.bos_token_id, tuple) else self.bos_token_id,
+            eos_token_id=list(self.eos_token_id) if isinstance(self.eos_token_id, tuple) else self.eos_token_id,
             pad_token_id=self.pad_token_id,
             hidden_act="silu",
             dtype=dtype,

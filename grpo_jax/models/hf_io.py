@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -34,6 +35,8 @@ from grpo_jax.models.config import ModelConfig
 from grpo_jax.models.model import build_model, param_shapes, param_shardings
 from grpo_jax.models.transformer import Transformer
 from grpo_jax.sharding import DEFAULT_RULES, LogicalRules
+
+logger = logging.getLogger(__name__)
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -164,6 +167,13 @@ def _opened(files: set[str]) -> Iterator[dict[str, Any]]:
         yield handles
 
 
+def _same_tensor(files: dict[str, str], a: str, b: str) -> bool:
+    """Whether two tensors of the checkpoint hold identical values (read memory-mapped, on the host)."""
+    with _opened({files[a], files[b]}) as handles:
+        x, y = handles[files[a]].get_slice(a), handles[files[b]].get_slice(b)
+        return tuple(x.get_shape()) == tuple(y.get_shape()) and np.array_equal(x[:], y[:])
+
+
 def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
     for key in path[:-1]:
         tree = tree.setdefault(key, {})
@@ -201,12 +211,19 @@ def load_pretrained(
     config = ModelConfig.from_pretrained(
         path, param_dtype=param_dtype, dtype=param_dtype if dtype is None else dtype, remat=remat
     )
+    files = _weight_files(path)
+    if config.tie_word_embeddings and "lm_head.weight" in files and not _same_tensor(
+        files, "lm_head.weight", "model.embed_tokens.weight"
+    ):
+        # transformers does the same: a stored head that differs from the embedding is used, untied
+        logger.warning("%s: tie_word_embeddings=true but lm_head.weight differs from the embedding; "
+                       "loading them untied, as transformers does", path)
+        config = config.replace(tie_word_embeddings=False)
     model = build_model(config, mesh, rules)
     shapes = param_shapes(model)
     if mesh is not None:
         shardings = param_shardings(model, mesh, rules)
     names = parameter_map(config)
-    files = _weight_files(path)
 
     expected = {hf for hf, _ in names.values()}
     missing = sorted(expected - set(files))
@@ -214,7 +231,7 @@ def load_pretrained(
         raise ValueError(f"checkpoint {path!r} lacks {len(missing)} tensor(s) the config needs, e.g. {missing[:3]}")
     unexpected = sorted(n for n in set(files) - expected if not _IGNORED.match(n))
     if config.tie_word_embeddings:
-        unexpected = [n for n in unexpected if n != "lm_head.weight"]  # some tied checkpoints store a copy
+        unexpected = [n for n in unexpected if n != "lm_head.weight"]  # an identical copy, checked above
     if unexpected:
         raise ValueError(
             f"checkpoint {path!r} has {len(unexpected)} tensor(s) this {config.model_type} config does not use, "
@@ -265,6 +282,8 @@ def save_pretrained(
 
     Files are written under temporary names and renamed when all are complete, so an interrupted export
     never leaves a directory that looks complete; existing files of the same names are replaced.
+    The exported tensors are gathered into host memory first (4 bytes per parameter in fp32); params on a
+    mesh are fetched from their devices.
     """
     path = os.fspath(path)
     config = model.config

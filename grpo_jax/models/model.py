@@ -7,6 +7,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
 from grpo_jax.models.config import ModelConfig
@@ -71,12 +72,20 @@ def forward(model: Transformer, params: dict, input_ids: jax.Array, attention_ma
     """Logits [B, T, V] float32 for a padded batch (positions derived from ``attention_mask`` [B, T]).
 
     Padding may be on either side; a left-padded row gives the same logits at its real tokens as the
-    same row unpadded. Logits at padding positions are finite but meaningless.
+    same row unpadded. Logits at padding positions are finite but meaningless. Token ids must lie in
+    [0, vocab_size): checked for concrete ids; under jit an out-of-range id yields NaN logits.
     """
     if input_ids.ndim != 2 or attention_mask.shape != input_ids.shape:
         raise ValueError(
             f"forward: `input_ids` {input_ids.shape} and `attention_mask` {attention_mask.shape} must both be [B, T]"
         )
+    if not isinstance(input_ids, jax.core.Tracer):
+        ids = np.asarray(jax.device_get(input_ids))
+        if ids.size and (ids.min() < 0 or ids.max() >= model.config.vocab_size):
+            raise ValueError(
+                f"forward: token ids must lie in [0, vocab_size={model.config.vocab_size}), got values in "
+                f"[{ids.min()}, {ids.max()}] (under jit out-of-range ids give NaN logits)"
+            )
     out, _ = model.apply(
         {"params": params}, input_ids, positions_from_mask(attention_mask), attention_mask,
         return_hidden=return_hidden,

@@ -80,9 +80,16 @@ class Attention(nn.Module):
         key, value = key.transpose(0, 2, 1, 3), value.transpose(0, 2, 1, 3)
         new_cache = None
         if cache is not None:
+            if isinstance(cache_index, int) and cache_index + key.shape[2] > cache["k"].shape[2]:
+                raise ValueError(
+                    f"KV cache overflow: writing {key.shape[2]} token(s) at slot {cache_index} of a cache with "
+                    f"{cache['k'].shape[2]} slots (a traced cache_index is not checked: XLA would clamp it)"
+                )
             key = jax.lax.dynamic_update_slice(cache["k"], key.astype(cache["k"].dtype), (0, 0, cache_index, 0))
             value = jax.lax.dynamic_update_slice(cache["v"], value.astype(cache["v"].dtype), (0, 0, cache_index, 0))
-            new_cache = {"k": key, "v": value}
+            cache_axes = ("batch", "kv_heads", "length", "head_dim")
+            new_cache = {"k": constrain(key, cache_axes, self.mesh_rules),
+                         "v": constrain(value, cache_axes, self.mesh_rules)}
             key, value = key.astype(dtype), value.astype(dtype)
 
         b, t = x.shape[:2]
@@ -153,7 +160,9 @@ class Transformer(nn.Module):
       positions: [B, T] int rotary positions (for a left-padded row: cumsum(mask) - 1).
       kv_mask: [B, S] bool/int, which key slots hold real tokens (S = T without cache).
       cache: None, or a KVCache from ``init_cache`` with S slots per layer.
-      cache_index: int (may be traced): the slot of this call's first token.
+      cache_index: int (may be traced): the slot of this call's first token; cache_index + T must not
+        exceed the cache's S slots (checked for a Python int; a traced index past the end is clamped by
+        XLA, which would overwrite the last slots).
       return_hidden: return the final-norm hidden states [B, T, D] (compute dtype) instead of logits.
     """
 
