@@ -1,4 +1,4 @@
-"""The README's models example runs as written, on a tiny local checkpoint in place of the real one."""
+"""The README's models and sampling examples run as written, on a tiny local checkpoint in place of the real one."""
 
 import re
 from pathlib import Path
@@ -26,3 +26,9 @@ def test_readme_models_example(tmp_path, monkeypatch):
     logits = np.asarray(namespace["logits"])
     assert logits.shape[0] == 2 and logits.shape[2] == 300 and np.all(np.isfinite(logits))
     assert (tmp_path / "exported" / "model.safetensors").is_file()
+
+    sampling = [block for block in re.findall(r"```python\n(.*?)```", README, re.S) if "generate(" in block]
+    assert len(sampling) == 1
+    exec(compile(sampling[0].replace("max_new_tokens=256", "max_new_tokens=8"), "README.md", "exec"), namespace)
+    out = namespace["out"]
+    assert out.tokens.shape == (2 * 8, 8) and out.finished.shape == (16,)
