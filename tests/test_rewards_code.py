@@ -1,0 +1,212 @@
+"""code_reward and its sandbox: real positives, time limits, and an adversarial suite that must earn 0."""
+
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from grpo_jax.rewards.code import code_reward, extract_code, split_check
+from grpo_jax.rewards.sandbox import SandboxLimits, isolation, run_python
+
+ADD_CHECK = "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n"
+ADD_IO = [{"input": "2 3\n", "output": "5\n"}, {"input": "-1 1\n", "output": "0\n"}]
+
+# Made-up problems in HumanEval's format (prompt with a helper, check(candidate), canonical solution).
+HUMANEVAL_STYLE = [
+    dict(
+        prompt='def running_max(xs: list) -> list:\n    """Running maximum of xs."""\n',
+        solution="def running_max(xs):\n    out, best = [], None\n    for x in xs:\n"
+                 "        best = x if best is None or x > best else best\n        out.append(best)\n    return out\n",
+        entry_point="running_max",
+        test="METADATA = {}\n\ndef check(candidate):\n    assert candidate([]) == []\n"
+             "    assert candidate([1, 3, 2, 5]) == [1, 3, 3, 5]\n    for n in range(1, 6):\n"
+             "        assert candidate(list(range(n, 0, -1))) == [n] * n\n",
+    ),
+    dict(
+        prompt="import math\n\ndef poly(xs, x):\n    return sum(c * math.pow(x, i) for i, c in enumerate(xs))\n\n"
+               'def root(xs: list) -> float:\n    """A zero of the odd-degree polynomial xs."""\n',
+        solution="def root(xs):\n    lo, hi = -1e3, 1e3\n    f = lambda x: sum(c * x ** i for i, c in enumerate(xs))\n"
+                 "    for _ in range(200):\n        mid = (lo + hi) / 2\n"
+                 "        if (f(mid) > 0) == (f(lo) > 0):\n            lo = mid\n        else:\n            hi = mid\n"
+                 "    return (lo + hi) / 2\n",
+        entry_point="root",
+        test="def check(candidate):\n    import random\n    rng = random.Random(0)\n    for _ in range(20):\n"
+             "        xs = [rng.uniform(-5, 5) for _ in range(4)]\n"
+             "        assert abs(poly(xs, candidate(list(xs)))) < 1e-4\n",
+    ),
+    dict(
+        prompt='def count_words(s: str) -> dict:\n    """Word -> count."""\n',
+        solution="def count_words(s):\n    out = {}\n    for w in s.split():\n        out[w] = out.get(w, 0) + 1\n"
+                 "    return out\n",
+        entry_point="count_words",
+        test="def check(candidate):\n    assert candidate('a b a') == {'a': 2, 'b': 1}\n    assert candidate('') == {}\n",
+    ),
+]
+
+
+def _score(code, tests=ADD_CHECK, entry="add", **kw):
+    text = f"```python\n{code}\n```"
+    return code_reward([text], tests=[tests], entry_point=[entry if isinstance(tests, str) else None], **kw)[0]
+
+
+def test_sandbox_is_namespaced_on_this_machine():
+    """CI and the dev machines support namespaces; a silent fallback would weaken every test below."""
+    assert isolation() in ("namespaces-root", "namespaces-user")
+
+
+def test_extract_code_and_split_check():
+    assert extract_code("blah\n```python\nx = 1\n```\nthen\n```python\nx = 2\n```") == "x = 2\n"
+    assert extract_code("print(1)") == "print(1)"
+    _, total = split_check(HUMANEVAL_STYLE[0]["test"])
+    assert total == 3  # two asserts and one loop of asserts
+
+
+def test_positives_and_fraction():
+    assert _score("def add(a, b):\n    return a + b") == 1.0
+    assert _score("def add(a, b):\n    return 5") == 0.5
+    assert _score("def add(a, b):\n    return 5", mode="all") == 0.0
+    assert _score("import sys\na, b = map(int, sys.stdin.read().split())\nprint(a + b)", tests=ADD_IO) == 1.0
+    assert _score("print(5)", tests=ADD_IO) == 0.5
+
+
+def test_humaneval_style_canonical_solutions_pass_and_wrong_ones_fail():
+    rewards = code_reward([f"```python\n{p['solution']}```" for p in HUMANEVAL_STYLE],
+                          tests=[p["test"] for p in HUMANEVAL_STYLE], entry_point=[p["entry_point"] for p in HUMANEVAL_STYLE],
+                          test_setup=[p["prompt"] for p in HUMANEVAL_STYLE])
+    assert rewards == [1.0, 1.0, 1.0]
+    wrong = code_reward(["def running_max(xs):\n    return xs"], tests=[HUMANEVAL_STYLE[0]["test"]],
+                        entry_point=["running_max"], test_setup=[HUMANEVAL_STYLE[0]["prompt"]])
+    assert wrong == [pytest.approx(1 / 3)]  # only the empty-list case passes
+
+
+def test_slow_code_fails_the_time_limit():
+    """The seed's two Fibonacci solutions: a loop passes fib(35) within 1 s, naive recursion does not."""
+    check = "def check(candidate):\n    assert candidate(10) == 55\n    assert candidate(35) == 9227465\n"
+    loop = "def fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a"
+    naive = "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)"
+    assert _score(loop, check, "fib", timeout_s=1.0) == 1.0
+    assert _score(naive, check, "fib", timeout_s=1.0) == 0.5
+    io = [{"input": "35", "output": "9227465"}]
+    assert _score(naive + "\nprint(fib(int(input())))", io, timeout_s=1.0) == 0.0
+    assert _score(loop + "\nprint(fib(int(input())))", io, timeout_s=1.0) == 1.0
+
+
+# ---- adversarial suite -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sentinel(tmp_path):
+    """A file outside the sandbox, world-writable, that no completion may change or delete."""
+    path = tmp_path / "sentinel.txt"
+    path.write_text("original")
+    os.chmod(tmp_path, 0o777)
+    os.chmod(path, 0o666)
+    host_tmp = Path("/tmp") / f"grpo_sentinel_{os.getpid()}"
+    host_tmp.write_text("original")
+    os.chmod(host_tmp, 0o666)
+    yield [path, host_tmp]
+    host_tmp.unlink(missing_ok=True)
+
+
+ATTACKS = {
+    "infinite loop": "while True:\n    pass",
+    "fork bomb": "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass",
+    "memory bomb": "x = bytearray(8 * 1024 ** 3)\nblocks = []\nwhile True:\n    blocks.append(bytearray(10 ** 8))",
+    "huge output": "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)",
+    "exit 0 before asserts": "import sys\nsys.exit(0)",
+    "os._exit before asserts": "import os\nos._exit(0)",
+    "prints passed": "print('passed')\nprint('All tests passed')\nimport os\nos._exit(0)",
+    "redefines check": "def check(candidate):\n    return True\ndef add(a, b):\n    return None",
+    "patches builtins": "import builtins\nclass Yes:\n    def __eq__(self, o): return True\n"
+                        "builtins.AssertionError = type('E', (Exception,), {})\n"
+                        "def add(a, b):\n    return Yes()",
+    "raises SystemExit": "def add(a, b):\n    raise SystemExit(0)",
+    "raises KeyboardInterrupt": "def add(a, b):\n    raise KeyboardInterrupt",
+    "fake result file": "import json\nfor name in ('result.json', 'results.json', '/tmp/result.json'):\n"
+                        "    open(name, 'w').write(json.dumps({'passed': True, 'score': 1.0}))\n"
+                        "def add(a, b):\n    return None",
+    "signals its parent": "import os, signal\nfor pid in (os.getppid(), 1, -1):\n    try:\n"
+                          "        os.kill(pid, signal.SIGKILL)\n    except OSError:\n        pass",
+}
+
+
+@pytest.mark.parametrize("attack", list(ATTACKS))
+@pytest.mark.parametrize("kind", ["check", "io"])
+def test_attacks_earn_nothing(attack, kind, sentinel):
+    tests = ADD_CHECK if kind == "check" else ADD_IO
+    start = time.monotonic()
+    assert _score(ATTACKS[attack], tests, timeout_s=1.0) == 0.0
+    assert time.monotonic() - start < 60
+    assert all(p.read_text() == "original" for p in sentinel)
+
+
+def test_files_outside_cannot_be_written_or_deleted(sentinel):
+    targets = [str(p) for p in sentinel] + [str(Path(__file__).resolve())]
+    code = ("import os\nfor t in %r:\n    for op in (lambda: open(t, 'w').write('pwned'), lambda: os.remove(t)):\n"
+            "        try:\n            op()\n        except OSError:\n            pass\nprint('done')" % targets)
+    before = Path(__file__).read_bytes()
+    assert _score(code, [{"input": "", "output": "done"}]) == 1.0  # it ran to the end
+    assert all(p.read_text() == "original" for p in sentinel)
+    assert Path(__file__).read_bytes() == before
+
+
+def test_parent_environment_is_out_of_reach(monkeypatch):
+    secret = "s3cr3t-" + os.urandom(8).hex()
+    monkeypatch.setenv("GRPO_TEST_SECRET", secret)
+    code = ("import os, glob\nfound = os.environ.get('GRPO_TEST_SECRET', '')\n"
+            "for p in glob.glob('/proc/*/environ'):\n    try:\n        data = open(p, 'rb').read()\n"
+            "    except OSError:\n        continue\n    if b'GRPO_TEST_SECRET=' in data:\n"
+            "        found = data.split(b'GRPO_TEST_SECRET=')[1].split(b'\\0')[0].decode()\nprint(found)")
+    assert _score(code, [{"input": "", "output": secret}]) == 0.0
+
+
+def test_no_network_even_to_the_hosts_loopback():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+
+    def serve():
+        server.settimeout(10)
+        try:
+            conn, _ = server.accept()
+            conn.sendall(b"OPEN_SESAME\n")
+            conn.close()
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    code = f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=2)\nprint(s.recv(100).decode())"
+    assert _score(code, [{"input": "", "output": "OPEN_SESAME"}], timeout_s=3.0) == 0.0
+    server.close()
+
+
+def test_sandbox_limits_directly():
+    hog = run_python(["-c", "print('x' * 10 ** 7)"], b"")
+    assert hog.output_overflow and len(hog.stdout) <= SandboxLimits().max_output_bytes
+    slow = run_python(["-c", "import time\ntime.sleep(30)"], b"", SandboxLimits(wall_s=1))
+    assert slow.timed_out and slow.returncode is None
+    who = run_python(["-c", "import os\nprint(os.getuid(), os.getcwd(), sorted(os.environ))"], b"")
+    uid, cwd, env = who.stdout.decode().split(" ", 2)
+    assert int(uid) != 0 and cwd == "/tmp/work" and "GRPO" not in env and "HOME" in env
+
+
+def test_batch_runs_in_parallel_within_a_bound():
+    completions = ["```python\nwhile True:\n    pass\n```"] * 6 + ["```python\ndef add(a, b):\n    return a + b\n```"]
+    start = time.monotonic()
+    rewards = code_reward(completions, tests=[ADD_CHECK] * 7, entry_point=["add"] * 7, timeout_s=1.0, max_workers=7)
+    assert rewards == [0.0] * 6 + [1.0]
+    assert time.monotonic() - start < 15  # seven 1 s timeouts in parallel, not in sequence
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="unknown mode='best'"):
+        code_reward(["x"], tests=[ADD_IO], mode="best")
+    with pytest.raises(ValueError, match="`tests` has 2 entries for 1 completions"):
+        code_reward(["x"], tests=[ADD_IO, ADD_IO])
+    with pytest.raises(ValueError, match="has a check program but no entry_point"):
+        code_reward(["x"], tests=[ADD_CHECK])
