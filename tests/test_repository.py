@@ -54,3 +54,14 @@ def test_cli_reports_bad_configuration_without_a_traceback():
     assert proc.returncode == 2
     assert "grpo-jax: error: DemoConfig: `num_generations` must be >= 2, got 1" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_readme_rewards_example_runs():
+    code = [b for b in re.findall(r"```python\n(.*?)\n```\n", README, re.S) if "code_reward(" in b]
+    assert len(code) == 1
+    lines = [line.split("#")[0].rstrip() if line.lstrip().startswith("code_reward(") else line
+             for line in code[0].splitlines()]
+    namespace = {}
+    exec("\n".join(lines[:-2]), namespace)
+    assert eval(lines[-2], namespace) == [1.0]
+    assert eval(lines[-1], namespace) == [1.0]

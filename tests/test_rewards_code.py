@@ -210,3 +210,36 @@ def test_bad_arguments():
         code_reward(["x"], tests=[ADD_IO, ADD_IO])
     with pytest.raises(ValueError, match="has a check program but no entry_point"):
         code_reward(["x"], tests=[ADD_CHECK])
+
+
+def test_sandbox_dies_with_the_process_that_started_it():
+    import signal
+    import subprocess
+    import sys
+
+    marker = f"sleep_marker_{os.getpid()}"
+    # the starter's own command line holds the marker split in two; only the sandboxed one holds it whole
+    starter = subprocess.Popen([sys.executable, "-c",
+                                "from grpo_jax.rewards.sandbox import run_python, SandboxLimits\n"
+                                f"code = 'import time  # {marker[:5]}' + '{marker[5:]}' + '\\ntime.sleep(60)'\n"
+                                "run_python(['-c', code], b'', SandboxLimits(wall_s=60))"])
+
+    def sandboxed_alive():
+        found = False
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                found |= marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                pass
+        return found
+
+    deadline = time.monotonic() + 30
+    while not sandboxed_alive():
+        assert time.monotonic() < deadline, "the sandboxed process never started"
+        time.sleep(0.1)
+    starter.send_signal(signal.SIGKILL)
+    starter.wait()
+    deadline = time.monotonic() + 10
+    while sandboxed_alive():
+        assert time.monotonic() < deadline, "the sandboxed process outlived its starter"
+        time.sleep(0.1)

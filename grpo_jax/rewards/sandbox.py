@@ -130,7 +130,7 @@ def _command(python: str, argv: list[str], slot: int, mode: str) -> list[str]:
                "mount -t tmpfs -o size=16m tmpfs /dev/shm && mkdir /tmp/work && cd /tmp/work && ")
     if mode == "namespaces-root":
         prepare += f"chown {uid}:{uid} /tmp/work && exec setpriv --reuid {uid} --regid {uid} --clear-groups " \
-                   "--inh-caps=-all --bounding-set=-all --no-new-privs -- \"$@\""
+                   "--inh-caps=-all --bounding-set=-all --no-new-privs --pdeathsig keep -- \"$@\""
         flags = []
     else:
         prepare += "exec \"$@\""
@@ -139,7 +139,33 @@ def _command(python: str, argv: list[str], slot: int, mode: str) -> list[str]:
             "/bin/sh", "-c", prepare, "sandbox", *inner]
 
 
+def _limit_prefix(limits: SandboxLimits) -> list[str] | None:
+    """util-linux wrappers that set the parent-death signal and the rlimits, then exec the rest.
+
+    Doing this with exec'd tools rather than a Python ``preexec_fn`` keeps Python code out of the forked
+    child: forking a multithreaded process (JAX is one) and running Python there can deadlock.
+    """
+    setpriv, prlimit = shutil.which("setpriv"), shutil.which("prlimit")
+    if not (setpriv and prlimit):
+        return None
+    mb = 1024 * 1024
+    return [setpriv, "--pdeathsig", "KILL", "--", prlimit, f"--cpu={limits.cpu_s}",
+            f"--as={limits.memory_mb * mb}", f"--fsize={limits.file_size_mb * mb}", f"--nofile={limits.open_files}",
+            f"--nproc={limits.processes}", "--core=0", "--"]
+
+
+def _popen(command: list[str], limits: SandboxLimits, stderr) -> subprocess.Popen:
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp/work", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
+    prefix = _limit_prefix(limits)
+    return subprocess.Popen(
+        command if prefix is None else prefix + command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=stderr, env=env, cwd="/", start_new_session=True,
+        preexec_fn=_limit(limits) if prefix is None else None,
+    )
+
+
 def _limit(limits: SandboxLimits):
+    """Fallback when util-linux's setpriv/prlimit are missing: the same limits from a preexec_fn."""
     def apply() -> None:
         mb = 1024 * 1024
         resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s))
@@ -173,12 +199,8 @@ def run_python(argv: list[str], stdin: bytes, limits: SandboxLimits = SandboxLim
     ``max_output_bytes``, the process group is killed.
     """
     mode = isolation()
-    env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp/work", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
     with _SLOTS.take() as slot:
-        proc = subprocess.Popen(
-            _command(_python_for_unprivileged(), argv, slot, mode), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, env=env, cwd="/", start_new_session=True, preexec_fn=_limit(limits),
-        )
+        proc = _popen(_command(_python_for_unprivileged(), argv, slot, mode), limits, subprocess.PIPE)
 
         def kill() -> None:
             try:
@@ -217,12 +239,8 @@ def open_python(argv: list[str], limits: SandboxLimits = SandboxLimits()) -> Ite
     """An interactive sandboxed ``python3 -I -S *argv`` (binary stdin/stdout pipes) for request/response
     protocols. The whole process group is killed when the block exits or ``limits.wall_s`` passes."""
     mode = isolation()
-    env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp/work", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
     with _SLOTS.take() as slot:
-        proc = subprocess.Popen(
-            _command(_python_for_unprivileged(), argv, slot, mode), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL, env=env, cwd="/", start_new_session=True, preexec_fn=_limit(limits),
-        )
+        proc = _popen(_command(_python_for_unprivileged(), argv, slot, mode), limits, subprocess.DEVNULL)
 
         def kill() -> None:
             try:

@@ -1,0 +1,285 @@
+"""Math correctness reward: pull the final answer out of a completion and check it with math-verify.
+
+    extract_answer(text, order=...)           -> the final answer as a string, or None
+    math_reward(completions, answer=[...])    -> [N] floats, 1.0 where the answer is equivalent to the reference
+
+Answer kinds ``extract_answer`` knows, tried in ``order`` (the first kind found wins):
+    "gsm8k"       the text after the last ``####`` on its line (GSM8K's solution format)
+    "boxed"       the content of the last ``\\boxed{...}`` whose braces balance (nested braces are fine)
+    "answer_tag"  the content of the last ``<answer>...</answer>`` (DeepSeek-R1's format)
+    "last_number" the last number in the text: 42, -3, 0.5, .5, 1,234 (-> "1234"), 3/4
+Answers are stripped of surrounding whitespace and of one trailing full stop ("#### 72." -> "72"); an empty
+answer counts as not found.
+
+Equivalence is math-verify's (``math_verify.parse`` then ``math_verify.verify(gold, prediction)``): 0.5 and 1/2
+and \\frac{1}{2}, 1,000 and 1000, x+1 and 1+x, \\sqrt{4} and 2 all match. Both sides are parsed as if they were
+the content of a ``\\boxed{}``, so bare LaTeX (``\\sqrt{2}``) and bare expressions (``x+1``) parse.
+
+Timeouts and threads: math-verify's own timeouts use ``signal.alarm``, which only works in the main thread
+(elsewhere it raises ValueError), and cancels any alarm the caller had set. ``math_reward`` therefore turns them
+off and bounds each completion's parse + verify itself, with a watchdog thread that raises an exception in the
+scoring thread once ``timeout_seconds`` have passed (CPython's ``PyThreadState_SetAsyncExc``: the exception is
+delivered between bytecodes, just as a signal handler would run). It behaves the same in every thread, and an
+answer such as ``9^{9^{9}}``, which sympy would otherwise evaluate for hours, scores 0.0 after the timeout.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import re
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+ANSWER_KINDS = ("gsm8k", "boxed", "answer_tag", "last_number")
+DEFAULT_ORDER = ANSWER_KINDS
+
+_GSM8K = re.compile(r"####[ \t]*([^\n]*)")
+_BOXED = "\\boxed{"
+# The last number: not glued to a preceding letter, digit or full stop ("x2" is a name, not 2); thousands
+# groups of exactly three digits (1,234.5); 42, .5, -3, 3/4. A minus sign counts only when it is not a binary
+# minus ("5-3" -> 5 and 3).
+_INT = r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)"
+_NUMBER = re.compile(
+    rf"(?<![\w.])(?:(?<![\w)\]}}])-)?(?:{_INT}(?:\.\d+)?|\.\d+)(?:/{_INT}(?!\.\d))?"
+)
+
+
+def _clean(answer: str | None) -> str | None:
+    if answer is None:
+        return None
+    answer = answer.strip()
+    if answer.endswith(".") and not answer.endswith(".."):
+        answer = answer[:-1].rstrip()
+    return answer or None
+
+
+def _extract_gsm8k(text: str) -> str | None:
+    matches = _GSM8K.findall(text)
+    return matches[-1] if matches else None
+
+
+def _boxed_content(text: str, start: int) -> str | None:
+    """The content of the ``\\boxed{`` at ``start`` if its braces balance, else None. ``\\{``/``\\}`` are text."""
+    depth, i = 1, start + len(_BOXED)
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start + len(_BOXED) : i]
+        i += 1
+    return None
+
+
+def _extract_boxed(text: str) -> str | None:
+    start = text.rfind(_BOXED)
+    while start >= 0:
+        content = _boxed_content(text, start)
+        if content is not None and content.strip():
+            return content
+        start = text.rfind(_BOXED, 0, start)
+    return None
+
+
+def _extract_answer_tag(text: str) -> str | None:
+    end = text.rfind("</answer>")
+    if end < 0:
+        return None
+    start = text.rfind("<answer>", 0, end)
+    return None if start < 0 else text[start + len("<answer>") : end]
+
+
+def _extract_last_number(text: str) -> str | None:
+    matches = _NUMBER.findall(text)
+    return matches[-1].replace(",", "") if matches else None
+
+
+_EXTRACTORS: dict[str, Callable[[str], str | None]] = {
+    "gsm8k": _extract_gsm8k,
+    "boxed": _extract_boxed,
+    "answer_tag": _extract_answer_tag,
+    "last_number": _extract_last_number,
+}
+
+
+def _check_order(fn: str, order: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(order, str) or not isinstance(order, Sequence):
+        raise TypeError(
+            f"{fn}: `order` must be a sequence of answer kinds such as {DEFAULT_ORDER!r}, got {order!r}"
+        )
+    if not order:
+        raise ValueError(f"{fn}: `order` must name at least one answer kind from {', '.join(ANSWER_KINDS)}")
+    unknown = [kind for kind in order if kind not in _EXTRACTORS]
+    if unknown:
+        raise ValueError(
+            f"{fn}: unknown answer kind(s) {', '.join(map(repr, unknown))} in `order`; "
+            f"expected kinds from {', '.join(map(repr, ANSWER_KINDS))}"
+        )
+    return tuple(order)
+
+
+def extract_answer(text: str, *, order: Sequence[str] = DEFAULT_ORDER) -> str | None:
+    """The final answer in ``text``: the first of the kinds in ``order`` that is present.
+
+    Args:
+      text: str, a completion or a reference solution.
+      order: sequence of kind names from ``ANSWER_KINDS`` ("gsm8k", "boxed", "answer_tag", "last_number"),
+        tried in this order.
+    Returns:
+      str or None: the answer, stripped (and, for "last_number", without thousands separators), or None when
+      no kind in ``order`` finds a non-empty answer.
+    Raises:
+      TypeError: ``text`` is not a str, or ``order`` is a single string.
+      ValueError: ``order`` is empty or names an unknown kind.
+    """
+    order = _check_order("extract_answer", order)
+    if not isinstance(text, str):
+        raise TypeError(f"extract_answer: `text` must be a str, got {type(text).__name__}")
+    for kind in order:
+        answer = _clean(_EXTRACTORS[kind](text))
+        if answer is not None:
+            return answer
+    return None
+
+
+def reference_answer(reference: Any) -> str | None:
+    """The answer in a reference: after ``####`` (GSM8K solution), else the last ``\\boxed{}`` (MATH solution),
+    else the whole reference (a plain value such as ``72``, ``0.5`` or ``\\frac{1}{2}``). Numbers are str()'d."""
+    text = str(reference)
+    if "####" in text:
+        return extract_answer(text, order=("gsm8k",))
+    if _BOXED in text:
+        return extract_answer(text, order=("boxed",))
+    return _clean(text)
+
+
+class _DeadlineExceeded(BaseException):
+    """Raised asynchronously in the scoring thread. BaseException, so that math-verify's and sympy's
+    ``except Exception`` handlers let it through and one delivery ends the whole parse + verify."""
+
+
+def _set_async_exc(thread_id: int, exc: type[BaseException] | None) -> None:
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc else None)
+
+
+def _call_with_deadline(fn: Callable[[], Any], seconds: float | None) -> Any:
+    """``fn()``, or raise _DeadlineExceeded if it runs longer than ``seconds`` (None: no limit).
+
+    The watchdog delivers at most one exception, and only while ``done`` is unset; setting ``done`` and clearing
+    any undelivered exception happen under the same lock, so once this function has returned normally nothing
+    can be raised in the caller's thread later. A delivered exception always surfaces from inside this call.
+    """
+    if seconds is None:
+        return fn()
+    thread_id = threading.get_ident()
+    lock = threading.Lock()
+    done = [False]
+
+    def fire() -> None:
+        with lock:
+            if not done[0]:
+                _set_async_exc(thread_id, _DeadlineExceeded)
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        return fn()
+    finally:
+        with lock:
+            done[0] = True
+            _set_async_exc(thread_id, None)
+        timer.cancel()
+
+
+def _math_verify():
+    try:
+        from math_verify import parse, verify
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("math_reward needs math-verify: pip install math-verify") from e
+    return parse, verify
+
+
+def _parse(answer: str) -> list:
+    parse, _ = _math_verify()
+    return parse("\\boxed{" + answer + "}", parsing_timeout=None)
+
+
+def _equivalent(gold: list, answer: str) -> bool:
+    _, verify = _math_verify()
+    prediction = _parse(answer)
+    return bool(prediction) and bool(verify(gold, prediction, timeout_seconds=None))
+
+
+def math_reward(
+    completions: Sequence[str],
+    *,
+    answer: Sequence[Any],
+    order: Sequence[str] = DEFAULT_ORDER,
+    timeout_seconds: float | None = 5.0,
+    **kwargs: Any,
+) -> list[float]:
+    """1.0 for each completion whose final answer is equivalent to its reference, else 0.0 (TRL reward signature).
+
+    Args:
+      completions: N str, the generated completions.
+      answer: N references, one per completion (TRL passes the dataset's ``answer`` column): a GSM8K solution
+        ending in ``#### 72``, a solution with a ``\\boxed{}``, or a plain value (``72``, ``"0.5"``,
+        ``"\\frac{1}{2}"``, ``"x+1"``); see ``reference_answer``.
+      order: answer kinds to try on each completion, as in ``extract_answer``.
+      timeout_seconds: float > 0 or None, the time allowed to parse and verify one completion; past it the
+        completion scores 0.0 (and a warning is logged). None: no limit (only for trusted text).
+      **kwargs: other dataset columns and trainer arguments, ignored.
+    Returns:
+      list of N floats in {0.0, 1.0}. A completion with no answer, an answer or reference math-verify cannot
+      parse, or one that times out scores 0.0.
+    Raises:
+      TypeError / ValueError: ``answer`` is not a sequence of N references, ``order`` is invalid, a completion
+        is not a str, or ``timeout_seconds`` is not positive.
+    """
+    del kwargs
+    order = _check_order("math_reward", order)
+    if isinstance(answer, (str, bytes)) or not hasattr(answer, "__len__"):
+        raise TypeError(
+            f"math_reward: `answer` must be a list with one reference per completion, got {type(answer).__name__}"
+        )
+    if len(answer) != len(completions):
+        raise ValueError(
+            f"math_reward: `answer` has {len(answer)} references but there are {len(completions)} completions; "
+            "they must match"
+        )
+    if timeout_seconds is not None and not timeout_seconds > 0:
+        raise ValueError(f"math_reward: `timeout_seconds` must be > 0 or None, got {timeout_seconds!r}")
+    golds: dict[str, list] = {}
+    rewards = []
+    for i, (completion, reference) in enumerate(zip(completions, answer)):
+        if not isinstance(completion, str):
+            raise TypeError(f"math_reward: completion {i} must be a str, got {type(completion).__name__}")
+        predicted = extract_answer(completion, order=order)
+        gold_text = reference_answer(reference)
+        if predicted is None or gold_text is None:
+            rewards.append(0.0)
+            continue
+        try:
+            if gold_text not in golds:
+                golds[gold_text] = _call_with_deadline(lambda: _parse(gold_text), timeout_seconds)
+            gold = golds[gold_text]
+            ok = bool(gold) and _call_with_deadline(lambda: _equivalent(gold, predicted), timeout_seconds)
+        except _DeadlineExceeded:
+            logger.warning(
+                "math_reward: completion %d timed out after %ss checking %.100r against %.100r; scored 0.0",
+                i, timeout_seconds, predicted, gold_text,
+            )
+            golds.setdefault(gold_text, [])
+            ok = False
+        rewards.append(1.0 if ok else 0.0)
+    return rewards
