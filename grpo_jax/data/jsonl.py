@@ -1,0 +1,176 @@
+"""GSM8K and MATH-style problems from local files (JSONL, gzipped JSONL, Parquet).
+
+* GSM8K (openai/grade-school-math ``train.jsonl`` / ``test.jsonl``): records ``{"question", "answer"}``
+  where the answer is a worked solution ending in ``#### N``. Examples keep the full solution as
+  ``"answer"`` (the original field) and add ``"final_answer"`` = N with thousands separators removed.
+* MATH-style (hendrycks MATH, MATH-500, ...): records ``{"problem", "solution"[, "answer"]}``. Without an
+  ``"answer"`` field the final answer is the content of the solution's last ``\\boxed{...}`` (braces
+  balanced, so ``\\boxed{\\frac{1}{2}}`` gives ``\\frac{1}{2}``).
+
+In both, ``"final_answer"`` is the reference a math reward compares the completion's answer with.
+Malformed records raise ``DataFormatError`` naming the file and the line (row for Parquet).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from grpo_jax.data.example import Example
+
+
+class DataFormatError(ValueError):
+    """A record in a data file is not in the expected format; the message names file and line."""
+
+
+def _open_text(path: str):
+    if str(path).endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, record)`` for each non-blank line (1-based line numbers; ``.gz`` accepted)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"read_jsonl: no such file: {path}")
+    with _open_text(path) as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataFormatError(f"{path}, line {lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(record, dict):
+                raise DataFormatError(f"{path}, line {lineno}: expected a JSON object, got {type(record).__name__}")
+            yield lineno, record
+
+
+def read_records(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield ``(location, record)`` from a ``.jsonl``/``.jsonl.gz``/``.json`` (lines) or ``.parquet`` file.
+
+    ``location`` is ``"path, line n"`` for JSONL and ``"path, row i"`` (0-based) for Parquet, for error messages.
+    """
+    path = os.fspath(path)
+    if path.endswith(".parquet"):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"read_records: no such file: {path}")
+        import pyarrow.parquet as pq
+
+        for row, record in enumerate(pq.read_table(path).to_pylist()):
+            yield f"{path}, row {row}", record
+    else:
+        for lineno, record in read_jsonl(path):
+            yield f"{path}, line {lineno}", record
+
+
+def _require_str(record: dict, key: str, where: str) -> str:
+    if key not in record:
+        raise DataFormatError(f"{where}: missing field {key!r}; got fields {sorted(record)}")
+    value = record[key]
+    if not isinstance(value, str):
+        raise DataFormatError(f"{where}: field {key!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- GSM8K
+
+def gsm8k_final_answer(solution: str) -> str | None:
+    """The ``N`` of a GSM8K solution's trailing ``#### N``, commas removed (``"1,200"`` → ``"1200"``).
+
+    None if there is no ``####`` marker or nothing after it.
+    """
+    if "####" not in solution:
+        return None
+    answer = solution.rsplit("####", 1)[1].strip().replace(",", "")
+    return answer or None
+
+
+def gsm8k_example(record: dict[str, Any], *, where: str = "record") -> Example:
+    """One GSM8K record → ``{"prompt", "question", "answer" (full solution), "final_answer"}``."""
+    question = _require_str(record, "question", where)
+    solution = _require_str(record, "answer", where)
+    final = gsm8k_final_answer(solution)
+    if final is None:
+        raise DataFormatError(f"{where}: GSM8K 'answer' does not end with '#### <number>': {solution[-80:]!r}")
+    return {"prompt": question, "question": question, "answer": solution, "final_answer": final}
+
+
+def load_gsm8k_jsonl(path: str | os.PathLike) -> list[Example]:
+    """All examples of a GSM8K JSONL file (the original ``train.jsonl``/``test.jsonl`` format)."""
+    return [gsm8k_example(record, where=where) for where, record in read_records(path)]
+
+
+# ----------------------------------------------------------------------------------------------- MATH
+
+_BOXED = re.compile(r"\\(?:boxed|fbox)\b")
+
+
+def last_boxed(text: str) -> str | None:
+    r"""Content of the last ``\boxed{...}`` (or ``\fbox{...}``) in ``text``, braces balanced; else None.
+
+    ``\boxed 5`` (no braces, as in some MATH solutions) gives ``"5"``. An unclosed brace gives None.
+    """
+    starts = [m.end() for m in _BOXED.finditer(text)]
+    for start in reversed(starts):
+        rest = text[start:]
+        stripped = rest.lstrip()
+        if stripped.startswith("{"):
+            begin = start + (len(rest) - len(stripped))
+            depth = 0
+            for k in range(begin, len(text)):
+                ch = text[k]
+                if ch == "\\":  # skip escaped characters such as \{ and \}
+                    continue
+                if ch == "{" and text[k - 1] != "\\":
+                    depth += 1
+                elif ch == "}" and text[k - 1] != "\\":
+                    depth -= 1
+                    if depth == 0:
+                        return text[begin + 1 : k].strip()
+            return None
+        if rest.startswith(" "):
+            match = re.match(r"\s*([^\s$]+)", rest)
+            if match:
+                return match.group(1)
+    return None
+
+
+def math_example(record: dict[str, Any], *, where: str = "record") -> Example:
+    """One MATH-style record → ``{"prompt", "problem", "solution", "answer", "final_answer", ...}``.
+
+    ``"answer"`` is the record's own answer field when present (non-empty string), else the last
+    ``\\boxed{...}`` of the solution. Other fields of the record (``level``, ``type``, ``unique_id``, ...)
+    are kept unchanged.
+    """
+    problem = _require_str(record, "problem", where)
+    solution = record.get("solution")
+    if solution is not None and not isinstance(solution, str):
+        raise DataFormatError(f"{where}: field 'solution' must be a string, got {type(solution).__name__}")
+    answer = record.get("answer")
+    if answer is not None and not isinstance(answer, (str, int, float)):
+        raise DataFormatError(f"{where}: field 'answer' must be a string or number, got {type(answer).__name__}")
+    if answer is None or (isinstance(answer, str) and not answer.strip()):
+        if solution is None:
+            raise DataFormatError(f"{where}: record has neither 'answer' nor 'solution'; got fields {sorted(record)}")
+        answer = last_boxed(solution)
+        if answer is None:
+            raise DataFormatError(
+                f"{where}: no 'answer' field and no balanced \\boxed{{...}} in 'solution': {solution[-80:]!r}"
+            )
+    answer = str(answer).strip()
+    example = {k: v for k, v in record.items() if k not in ("prompt",)}
+    example.update(prompt=problem, problem=problem, answer=answer, final_answer=answer)
+    if solution is not None:
+        example["solution"] = solution
+    return example
+
+
+def load_math(path: str | os.PathLike) -> list[Example]:
+    """All examples of a MATH-style ``.jsonl``/``.jsonl.gz``/``.parquet`` file."""
+    return [math_example(record, where=where) for where, record in read_records(path)]
