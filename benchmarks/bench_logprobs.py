@@ -16,6 +16,8 @@ import statistics
 import time
 
 import jax
+
+from report import emit_table
 import jax.numpy as jnp
 import numpy as np
 
@@ -88,11 +90,7 @@ def main() -> None:
             f"| {n['median_s']:.2f} | {c['median_s']:.2f} | {c['median_s'] / n['median_s']:.2f} |"
         )
         print(lines[-1], flush=True)
-    table = "\n".join(lines)
-    print(table)
-    if args.markdown:
-        with open(args.markdown, "a", encoding="utf-8") as f:
-            f.write(table + "\n")
+    emit_table(lines, args.markdown)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ import sys
 import tempfile
 import time
 
+from report import emit_table
+
 SIZES = {  # Qwen2 architecture; "small" is the 12.9M model DESIGN.md's peer timings use
     "small": dict(vocab_size=8192, hidden_size=384, intermediate_size=1024, num_hidden_layers=6,
                   num_attention_heads=6, num_key_value_heads=2),
@@ -145,11 +147,7 @@ def main() -> None:
             f"| {max(r['peak_rss_mb'] for r in torch_runs):,.0f} / {max(r['peak_rss_mb'] for r in jax_runs):,.0f} |"
         )
         print(lines[-1], flush=True)
-    table = "\n".join(lines)
-    print(table)
-    if args.markdown:
-        with open(args.markdown, "a", encoding="utf-8") as f:
-            f.write(table + "\n")
+    emit_table(lines, args.markdown)
 
 
 if __name__ == "__main__":

@@ -179,6 +179,14 @@ def _limit(limits: SandboxLimits):
     return apply
 
 
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the sandboxed process's whole group (it leads its own session)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def _read_bounded(stream, cap: int, sink: list, overflow: threading.Event, on_overflow) -> None:
     total = 0
     while chunk := stream.read(65536):
@@ -202,11 +210,7 @@ def run_python(argv: list[str], stdin: bytes, limits: SandboxLimits = SandboxLim
     with _SLOTS.take() as slot:
         proc = _popen(_command(_python_for_unprivileged(), argv, slot, mode), limits, subprocess.PIPE)
 
-        def kill() -> None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill = functools.partial(_kill_group, proc)
 
         out, err, overflow = [], [], threading.Event()
         readers = [threading.Thread(target=_read_bounded, args=(proc.stdout, limits.max_output_bytes, out, overflow, kill)),
@@ -242,11 +246,7 @@ def open_python(argv: list[str], limits: SandboxLimits = SandboxLimits()) -> Ite
     with _SLOTS.take() as slot:
         proc = _popen(_command(_python_for_unprivileged(), argv, slot, mode), limits, subprocess.DEVNULL)
 
-        def kill() -> None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill = functools.partial(_kill_group, proc)
 
         timer = threading.Timer(limits.wall_s, kill)
         timer.daemon = True
