@@ -16,10 +16,9 @@ import statistics
 import time
 
 import jax
-
-from report import emit_table
 import jax.numpy as jnp
 import numpy as np
+from report import emit_table
 
 from grpo_jax.losses import token_logprobs, token_logprobs_from_hidden
 

@@ -36,6 +36,13 @@ def test_load_and_render_with_chat_template(tmp_path):
     text = render_prompt(tokenizer, "What is 2 + 2?", chat_template=True, system="Think step by step.")
     assert text == "<|system|>Think step by step.<|end|><|user|>What is 2 + 2?<|end|><|assistant|>"
     assert render_prompt(tokenizer, "What is 2 + 2?", chat_template=False) == "What is 2 + 2?"
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+                {"role": "user", "content": "2 + 2?"}]
+    assert render_prompt(tokenizer, messages, chat_template=True) == (
+        "<|user|>Hi<|end|><|assistant|>Hello<|end|><|user|>2 + 2?<|end|><|assistant|>"
+    )
+    with pytest.raises(ValueError, match="chat-message prompts need the chat template"):
+        render_prompt(tokenizer, messages, chat_template=False)
     batch = tokenizer(["What is 2 + 2?", "Think"], padding=True)
     assert batch["attention_mask"][1][0] == 0 and batch["attention_mask"][1][-1] == 1  # left padded
     assert tokenizer.decode(tokenizer("What is 2 + 2?")["input_ids"]) == "What is 2 + 2?"

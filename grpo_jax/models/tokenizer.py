@@ -26,12 +26,22 @@ def load_tokenizer(path: str | os.PathLike) -> Any:
     return tokenizer
 
 
-def render_prompt(tokenizer: Any, prompt: str, *, chat_template: bool, system: str | None = None) -> str:
-    """The text the model sees: the raw prompt, or the chat template's rendering of a user turn
-    (with ``system`` first if given) followed by the assistant's generation prompt."""
+def render_prompt(tokenizer: Any, prompt: str | list[dict[str, str]], *, chat_template: bool,
+                  system: str | None = None) -> str:
+    """The text the model sees for a task's prompt.
+
+    ``prompt`` is a string or a list of chat messages ({"role", "content"}, as grpo_jax.data yields).
+    With ``chat_template`` the messages (a string becomes one user turn; ``system`` goes first if given)
+    are rendered by the tokenizer's template followed by the assistant's generation prompt. Without it a
+    string is returned as is, and chat messages are an error (they need a template).
+    """
     if not chat_template:
+        if not isinstance(prompt, str):
+            raise ValueError("chat-message prompts need the chat template (chat_template=True)")
         return prompt
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError("the recipe asks for the chat template but this tokenizer has none")
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if system:
+        messages = [{"role": "system", "content": system}] + messages
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
