@@ -65,3 +65,13 @@ def test_readme_rewards_example_runs():
     exec("\n".join(lines[:-2]), namespace)
     assert eval(lines[-2], namespace) == [1.0]
     assert eval(lines[-1], namespace) == [1.0]
+
+
+def test_readme_tasks_example_runs():
+    code = [b for b in re.findall(r"```python\n(.*?)\n```\n", README, re.S) if "PromptStream(" in b]
+    assert len(code) == 1
+    namespace = {}
+    exec(code[0], namespace)
+    assert namespace["rewards"] == [1.0] * 4
+    assert namespace["resumed"].next_batch() == namespace["stream"].next_batch()
+    assert len(namespace["humaneval"]) == 164
