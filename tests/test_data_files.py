@@ -192,3 +192,13 @@ def test_humaneval_malformed_fixture(tmp_path):
     path = write_jsonl(tmp_path / "dup.jsonl", [FIXTURE[0], FIXTURE[0]])
     with pytest.raises(DataFormatError, match=r"dup\.jsonl, line 2: duplicate task_id 'Fixture/0' \(first at line 1\)"):
         load_humaneval(path)
+
+
+def test_review_fixes_boxed_backslashes_and_gsm8k_numbers():
+    from grpo_jax.data import gsm8k_final_answer, last_boxed
+
+    assert last_boxed(r"\boxed{a\\}") == "a\\\\"
+    assert last_boxed(r"so \boxed{\{1, 2\}}.") == r"\{1, 2\}"
+    assert [gsm8k_final_answer(s) for s in ["#### 1,234", "#### -5", "#### 3.50", "#### 5\nmore text"]] == [
+        "1234", "-5", "3.50", "5"]
+    assert gsm8k_final_answer("#### abc") is None and gsm8k_final_answer("#### $1000") is None

@@ -187,3 +187,21 @@ def test_stream_argument_errors(kwargs, message):
     with pytest.raises(ValueError) as info:
         PromptStream(numbered(3), **kwargs)
     assert message in str(info.value)
+
+
+def test_review_fixes_error_consumes_nothing_settings_checked_and_copies_are_deep():
+    from grpo_jax.data import PromptStream
+
+    stream = PromptStream([{"prompt": p} for p in ["a", "bbbb", "c"]], batch_size=2, shuffle=False,
+                          max_prompt_length=2, overlong="error", length_fn=len)
+    with pytest.raises(ValueError, match="max_prompt_length=2"):
+        stream.next_batch()
+    assert stream.state()["position"] == 0  # nothing was consumed by the failed call
+    shuffled = PromptStream([{"prompt": p} for p in "abc"], batch_size=2, shuffle=True, seed=1)
+    with pytest.raises(ValueError, match=r"saved with other settings .*'shuffle': \(True, False\)"):
+        PromptStream([{"prompt": p} for p in "abc"], batch_size=2, shuffle=False).restore(shuffled.state())
+    source = [{"prompt": [{"role": "user", "content": "hi"}]}]
+    batch = PromptStream(source, batch_size=1, shuffle=False).next_batch()
+    batch[0]["prompt"].append({"role": "user", "content": "more"})
+    batch[0]["prompt"][0]["content"] = "changed"
+    assert source[0]["prompt"] == [{"role": "user", "content": "hi"}]

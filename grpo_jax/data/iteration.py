@@ -89,7 +89,9 @@ def split_train_eval(
       method: ``"hash"``: an example is in eval iff ``hash_unit(key, seed) < eval_fraction`` (about that
         fraction; membership is a property of the example, so it is stable when the data is reordered or
         grows, and identical prompts always land on the same side). ``"exact"``: exactly
-        ``round(eval_fraction * len(source))`` examples, chosen by a seeded permutation of the indices.
+        ``round(eval_fraction * len(source))`` examples, chosen by a seeded permutation of the indices;
+        it splits rows, so a prompt that occurs several times can land on both sides (use "hash" when
+        the source has duplicates, e.g. small procedural tasks).
       key: what identifies an example for ``"hash"``: a field name (e.g. ``"task_id"``), a callable, or
         None for the prompt text.
     """
@@ -130,6 +132,14 @@ def _longest_fitting(text: str, fits: Callable[[str], bool], side: str) -> str |
 
 
 # --------------------------------------------------------------------------------------------- stream
+
+def _copy(example: Example) -> Example:
+    """A copy the caller may modify: a new dict, and new message dicts for a chat prompt."""
+    out = dict(example)
+    if isinstance(out.get("prompt"), list):
+        out["prompt"] = [dict(m) for m in out["prompt"]]
+    return out
+
 
 class PromptStream:
     """Seeded, resumable batches over a finite task. See the module docstring.
@@ -212,6 +222,10 @@ class PromptStream:
             "num_examples": self._n,
             "dropped": self._dropped,
             "truncated": self._truncated,
+            "shuffle": bool(self.shuffle),
+            "batch_size": self.batch_size,
+            "max_prompt_length": self.max_prompt_length,
+            "overlong": self.overlong,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -227,6 +241,14 @@ class PromptStream:
             raise ValueError(
                 f"{name}: the state was saved for a source of {state['num_examples']} examples but this source "
                 f"has {self._n}; the data changed, so the sequence cannot be resumed exactly"
+            )
+        settings = {"shuffle": bool(self.shuffle), "batch_size": self.batch_size,
+                     "max_prompt_length": self.max_prompt_length, "overlong": self.overlong}
+        changed = {k: (state[k], v) for k, v in settings.items() if k in state and state[k] != v}
+        if changed:
+            raise ValueError(
+                f"{name}: the stream was saved with other settings (saved, now): {changed}; the sequence "
+                "would differ, so it cannot be resumed exactly"
             )
         epoch, position = int(state["epoch"]), int(state["position"])
         if epoch < 0 or not 0 <= position <= self._n:
@@ -278,12 +300,12 @@ class PromptStream:
     def _admit(self, index: int, example: Example) -> Example | None:
         """The example to emit, after the length policy; None if dropped."""
         if self.max_prompt_length is None:
-            return dict(example)
+            return _copy(example)
         prompt = example["prompt"]
         length = self._length(index, prompt)
         limit = self.max_prompt_length
         if length <= limit:
-            return dict(example)
+            return _copy(example)
         log = logger.warning if index not in self._logged else logger.debug
         self._logged.add(index)
         if self.overlong == "error":
@@ -305,7 +327,7 @@ class PromptStream:
         self._truncated += 1
         log("PromptStream: truncated source example %d: prompt length %d > max_prompt_length %d (%d truncated so far)",
             index, length, limit, self._truncated)
-        return {**example, "prompt": truncated}
+        return {**_copy(example), "prompt": truncated}
 
     # -- iteration -----------------------------------------------------------------------------------
     def _finished(self) -> bool:
@@ -315,6 +337,17 @@ class PromptStream:
         """The next ``batch_size`` examples (fresh dict copies). Raises StopIteration after the last epoch."""
         batch: list[Example] = []
         skipped_in_a_row = 0
+        saved = self.state()
+        try:
+            self._fill(batch, skipped_in_a_row)
+        except ValueError:
+            self.restore(saved)  # an error consumes nothing: the caller may fix the cause and go on
+            raise
+        if not batch or (self.drop_last and len(batch) < self.batch_size):
+            raise StopIteration
+        return batch
+
+    def _fill(self, batch: list[Example], skipped_in_a_row: int) -> None:
         while len(batch) < self.batch_size:
             if self._position >= self._n:
                 self._epoch += 1
@@ -336,9 +369,6 @@ class PromptStream:
                 continue
             skipped_in_a_row = 0
             batch.append(example)
-        if not batch or (self.drop_last and len(batch) < self.batch_size):
-            raise StopIteration
-        return batch
 
     def __iter__(self) -> Iterator[list[Example]]:
         while True:

@@ -80,15 +80,19 @@ def _require_str(record: dict, key: str, where: str) -> str:
 
 # ---------------------------------------------------------------------------------------------- GSM8K
 
+_NUMBER = re.compile(r"-?(\d+\.?\d*|\.\d+)")
+
+
 def gsm8k_final_answer(solution: str) -> str | None:
     """The ``N`` of a GSM8K solution's trailing ``#### N``, commas removed (``"1,200"`` → ``"1200"``).
 
-    None if there is no ``####`` marker or nothing after it.
+    None if there is no ``####`` marker or what follows it on its line is not a number.
     """
     if "####" not in solution:
         return None
-    answer = solution.rsplit("####", 1)[1].strip().replace(",", "")
-    return answer or None
+    lines = solution.rsplit("####", 1)[1].strip().splitlines()
+    answer = lines[0].strip().replace(",", "") if lines else ""
+    return answer if _NUMBER.fullmatch(answer) else None
 
 
 def gsm8k_example(record: dict[str, Any], *, where: str = "record") -> Example:
@@ -122,17 +126,19 @@ def last_boxed(text: str) -> str | None:
         stripped = rest.lstrip()
         if stripped.startswith("{"):
             begin = start + (len(rest) - len(stripped))
-            depth = 0
-            for k in range(begin, len(text)):
+            depth, k = 0, begin
+            while k < len(text):
                 ch = text[k]
-                if ch == "\\":  # skip escaped characters such as \{ and \}
+                if ch == "\\":  # a backslash escapes the next character (\{, \}, and \\ itself)
+                    k += 2
                     continue
-                if ch == "{" and text[k - 1] != "\\":
+                if ch == "{":
                     depth += 1
-                elif ch == "}" and text[k - 1] != "\\":
+                elif ch == "}":
                     depth -= 1
                     if depth == 0:
                         return text[begin + 1 : k].strip()
+                k += 1
             return None
         if rest.startswith(" "):
             match = re.match(r"\s*([^\s$]+)", rest)
