@@ -161,3 +161,13 @@ def test_score_argument_errors():
 def test_empty_batch():
     total, per_reward, failures = score([RewardSpec(format_reward)], [], {"answer": []})
     assert total.shape == (0,) and per_reward["format_reward"].shape == (0,) and failures == []
+
+
+def test_review_fix_total_overflow_is_an_error():
+    from grpo_jax.rewards import RewardSpec, score
+
+    def huge(completions, **kwargs):
+        return [3e38] * len(completions)
+
+    with pytest.raises(ValueError, match="weighted total overflows float32"):
+        score([RewardSpec(huge, weight=2.0)], ["a"], {})

@@ -110,3 +110,11 @@ def test_overlong_penalty_length_errors():
         overlong_penalty([5.0, 1.5], max_length=10, cache_length=5)
     with pytest.raises(TypeError, match=r"got shape \(1, 2\)"):
         overlong_penalty([[5, 1]], max_length=10, cache_length=5)
+
+
+def test_review_fixes_empty_answer_and_str_input():
+    from grpo_jax.rewards import format_reward
+
+    assert format_reward(["<think>a</think><answer> </answer>", "<think>a</think><answer>1</answer>"]) == [0.0, 1.0]
+    with pytest.raises(TypeError, match="must be a list of str, got one str"):
+        format_reward("<think>a</think><answer>1</answer>")

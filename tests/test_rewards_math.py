@@ -229,3 +229,15 @@ def test_math_reward_argument_errors():
         math_reward(["1"], answer=["1"], timeout_seconds=0)
     with pytest.raises(TypeError, match="completion 0 must be a str"):
         math_reward([1], answer=["1"])
+
+
+def test_review_fixes_prose_answers_without_rewarding_hedges():
+    from grpo_jax.rewards import math_reward
+
+    right = [("<answer>The answer is 42.</answer>", "42"), ("#### **72**", "72"), ("#### 18 dollars", "18")]
+    wrong = [("#### 3 or 4", "4"), ("<answer>3 or 4</answer>", "3"), ("#### x+1", "1"), (r"\boxed{\sqrt{2}}", "2"),
+             ("<answer>x 2</answer>", "2")]
+    cases = right + wrong
+    assert math_reward([c for c, _ in cases], answer=[a for _, a in cases]) == [1.0] * 3 + [0.0] * 5
+    with pytest.raises(TypeError, match="must be a list of str, got one str"):
+        math_reward("#### 4", answer=["4"])

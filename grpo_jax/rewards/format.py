@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 _TAGS = ("<think>", "</think>", "<answer>", "</answer>")
-_STRICT = re.compile(r"\A\s*<think>.*?</think>\s*<answer>.*?</answer>\s*\Z", re.DOTALL)
+# the answer block must hold something: an empty <answer></answer> would be free reward
+_STRICT = re.compile(r"\A\s*<think>.*?</think>\s*<answer>(?=.*?\S.*?</answer>).*?</answer>\s*\Z", re.DOTALL)
 _LENIENT = re.compile(r"<think>.*?</think>.*?<answer>.*?</answer>", re.DOTALL)
 
 
@@ -40,6 +41,8 @@ def format_reward(completions: Sequence[str], *, strict: bool = True, **kwargs: 
       TypeError: a completion is not a str.
     """
     del kwargs
+    if isinstance(completions, str):
+        raise TypeError("format_reward: `completions` must be a list of str, got one str")
     rewards = []
     for i, completion in enumerate(completions):
         if not isinstance(completion, str):

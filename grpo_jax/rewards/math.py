@@ -207,11 +207,22 @@ def _call_with_deadline(fn: Callable[[], Any], seconds: int | None) -> Any:
         timer.cancel()
 
 
+class _DropDisabledTimeoutNotice(logging.Filter):
+    """math-verify warns on every call made with timeouts off (as we must off the main thread): drop that."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "imeout is disabled" not in record.getMessage()
+
+
 def _math_verify():
     try:
         import math_verify
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError("math_reward needs math-verify: pip install math-verify") from e
+    for name in [n for n in logging.root.manager.loggerDict if n.startswith("math_verify")] + ["math_verify"]:
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _DropDisabledTimeoutNotice) for f in log.filters):
+            log.addFilter(_DropDisabledTimeoutNotice())
     return math_verify
 
 
@@ -255,12 +266,30 @@ def _parse(text: str, timeout: int | None) -> list:
     return _math_verify().parse("\\boxed{" + text + "}", parsing_timeout=timeout)
 
 
+def _candidates(predicted: str) -> list[str]:
+    """The extracted answer, and -- when it is prose or decorated ("The answer is 42.", "**72**", "18 dollars")
+    holding exactly one number -- that number. Text with several numbers ("3 or 4") gets no fallback, so
+    hedging cannot collect the reward."""
+    text = predicted.replace("**", "")
+    numbers = _NUMBER.findall(text)
+    if len(numbers) != 1 or numbers[0] == predicted.strip():
+        return [predicted]
+    # only prose around it: words of two or more letters and punctuation, no symbols or LaTeX that could
+    # make the number part of an expression ("x+1", "\\sqrt{2}", "2^3" keep their full meaning)
+    rest = _NUMBER.sub(" ", text, count=1)
+    prose = re.fullmatch(r"[\s.,:;!?$]*(?:[A-Za-z]{2,}[\s.,:;!?$]*)*", rest) is not None
+    return [predicted, numbers[0].replace(",", "")] if prose else [predicted]
+
+
 def _equivalent(gold: list, predicted: str, timeout: int | None) -> bool:
     """math-verify's verdict; never str()s a sympy object (printing a huge one can hang too)."""
-    prediction = _parse(predicted, timeout)
-    if not prediction or any(_too_large(p) for p in prediction):
-        return False
-    return bool(_math_verify().verify(gold, prediction, timeout_seconds=timeout))
+    for candidate in _candidates(predicted):
+        prediction = _parse(candidate, timeout)
+        if not prediction or any(_too_large(p) for p in prediction):
+            continue
+        if _math_verify().verify(gold, prediction, timeout_seconds=timeout):
+            return True
+    return False
 
 
 def math_reward(
@@ -292,6 +321,8 @@ def math_reward(
         is not a str, or ``timeout_seconds`` is not an int >= 1 or None.
     """
     del kwargs
+    if isinstance(completions, str):
+        raise TypeError("math_reward: `completions` must be a list of str, got one str")
     order = _check_order("math_reward", order)
     if isinstance(answer, (str, bytes)) or not hasattr(answer, "__len__"):
         raise TypeError(
