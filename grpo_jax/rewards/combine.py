@@ -183,9 +183,10 @@ def score(
                 column[i] = value
         per_reward[spec.name] = column.astype(np.float32)
         total += spec.weight * column
-    if not np.all(np.isfinite(total.astype(np.float32))):
+    overflow = ~(np.abs(total) <= _FLOAT32_MAX)
+    if overflow.any():
         raise ValueError(
-            f"score: the weighted total overflows float32 at completion(s) "
-            f"{np.flatnonzero(~np.isfinite(total.astype(np.float32)))[:5].tolist()}; check the weights and rewards"
+            f"score: the weighted total overflows float32 at completion(s) {np.flatnonzero(overflow)[:5].tolist()}; "
+            "check the weights and rewards"
         )
     return total.astype(np.float32), per_reward, failures
