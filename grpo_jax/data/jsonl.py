@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from grpo_jax.data.example import Example
+from grpo_jax.latex import brace_group
 
 
 class DataFormatError(ValueError):
@@ -125,21 +126,8 @@ def last_boxed(text: str) -> str | None:
         rest = text[start:]
         stripped = rest.lstrip()
         if stripped.startswith("{"):
-            begin = start + (len(rest) - len(stripped))
-            depth, k = 0, begin
-            while k < len(text):
-                ch = text[k]
-                if ch == "\\":  # a backslash escapes the next character (\{, \}, and \\ itself)
-                    k += 2
-                    continue
-                if ch == "{":
-                    depth += 1
-                elif ch == "}":
-                    depth -= 1
-                    if depth == 0:
-                        return text[begin + 1 : k].strip()
-                k += 1
-            return None
+            content = brace_group(text, start + (len(rest) - len(stripped)))
+            return None if content is None else content.strip()
         if rest.startswith(" "):
             match = re.match(r"\s*([^\s$]+)", rest)
             if match:

@@ -34,6 +34,8 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from grpo_jax.latex import brace_group
+
 logger = logging.getLogger(__name__)
 
 ANSWER_KINDS = ("gsm8k", "boxed", "answer_tag", "last_number")
@@ -64,20 +66,7 @@ def _extract_gsm8k(text: str) -> str | None:
 
 def _boxed_content(text: str, start: int) -> str | None:
     """The content of the ``\\boxed{`` at ``start`` if its braces balance, else None. ``\\{``/``\\}`` are text."""
-    depth, i = 1, start + len(_BOXED)
-    while i < len(text):
-        ch = text[i]
-        if ch == "\\":
-            i += 2
-            continue
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start + len(_BOXED) : i]
-        i += 1
-    return None
+    return brace_group(text, start + len(_BOXED) - 1)
 
 
 def _extract_boxed(text: str) -> str | None:
