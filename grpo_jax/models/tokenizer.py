@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
+
+
+_GENERIC_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def _saved_class(path: str | os.PathLike) -> str | None:
+    config = os.path.join(os.fspath(path), "tokenizer_config.json")
+    if not os.path.isfile(config):
+        return None
+    with open(config, encoding="utf-8") as f:
+        return json.load(f).get("tokenizer_class")
 
 
 def load_tokenizer(path: str | os.PathLike) -> Any:
@@ -12,10 +24,14 @@ def load_tokenizer(path: str | os.PathLike) -> Any:
     Left padding is what batched generation needs: every prompt ends at the same column, so the first
     generated token of every row is predicted from the last column.
     """
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+    # A tokenizer saved as the generic backend (tokenizer_class "TokenizersBackend", e.g. our character
+    # tokenizer) must be loaded as such: AutoTokenizer would pick the class of config.json's model_type
+    # (Qwen2Tokenizer for a qwen2 model), whose own pre-tokenizer replaces tokenizer.json's.
+    loader = PreTrainedTokenizerFast if _saved_class(path) in _GENERIC_CLASSES else AutoTokenizer
     try:
-        tokenizer = AutoTokenizer.from_pretrained(os.fspath(path), local_files_only=True)
+        tokenizer = loader.from_pretrained(os.fspath(path), local_files_only=True)
     except (OSError, ValueError) as e:
         raise FileNotFoundError(f"no usable tokenizer files in {os.fspath(path)!r}: {e}") from e
     tokenizer.padding_side = "left"
