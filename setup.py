@@ -28,6 +28,9 @@ setup(
         "pyarrow>=14",
         "ml_dtypes>=0.4",
         "numpy>=1.26",
+        "tensorboardX>=2.6",
+        "matplotlib>=3.7",
+        "tqdm>=4.60",
     ],
     extras_require={
         # torch: transformers' PyTorch models are the numeric reference for our model's logits. Install the
@@ -35,6 +38,8 @@ setup(
         "test": ["pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6.100", "torch>=2.4", "tokenizers>=0.20"],
         "tpu": ["jax[tpu]>=0.10.2"],
         "gpu": ["jax[cuda12]>=0.10.2"],
+        # optional task source: reasoning-gym's procedural generators (grpo_jax.data.reasoning_gym_tasks)
+        "reasoning-gym": ["reasoning-gym>=0.1.25"],
     },
     entry_points={"console_scripts": ["grpo-jax=grpo_jax.cli:main"]},
     classifiers=[
