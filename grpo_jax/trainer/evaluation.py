@@ -1,0 +1,71 @@
+"""Held-out evaluation: greedy accuracy (pass@1) and, with sampling, maj@k and pass@k.
+
+accuracy   fraction of eval prompts whose greedy completion scores 1 on the accuracy reward
+maj@k      k sampled completions per prompt; the most common extracted final answer (ties: the first seen)
+           is taken as the answer, and it is right when a completion giving it scores 1
+pass@k     fraction of prompts with at least one of the k sampled completions scoring 1
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from grpo_jax.data import Example
+from grpo_jax.rewards import RewardSpec, extract_answer
+from grpo_jax.sampling import SamplingConfig
+from grpo_jax.trainer.rollout import Rollout, rollout
+
+SOLVED = 1.0 - 1e-6  # a reward at least this large counts as solved
+
+
+def majority_correct(texts: Sequence[str], solved: np.ndarray) -> bool:
+    """Whether the most common final answer among ``texts`` is a solved one (None answers never win)."""
+    answers = [extract_answer(t) for t in texts]
+    counts = collections.Counter(a for a in answers if a is not None)
+    if not counts:
+        return False
+    top = max(counts.values())
+    winner = next(a for a in answers if a is not None and counts[a] == top)
+    return bool(any(s for a, s in zip(answers, solved) if a == winner))
+
+
+def evaluate(model, params, tokenizer, examples: Sequence[Example], key: jax.Array, sampling: SamplingConfig,
+             specs: Sequence[RewardSpec], accuracy_reward: str, *, prompt_texts: Sequence[str],
+             add_special_tokens: bool, batch_size: int, num_samples: int = 0) -> dict[str, float]:
+    """Eval metrics over ``examples`` ("eval/accuracy", "eval/reward_mean", "eval/length_mean", and with
+    num_samples = k > 0 also "eval/maj@k" and "eval/pass@k")."""
+    greedy = dataclasses.replace(sampling, num_generations=1, greedy=True)
+    solved, rewards, lengths, majority, any_solved = [], [], [], [], []
+    for start in range(0, len(examples), batch_size):
+        batch = [examples[i] for i in range(start, min(start + batch_size, len(examples)))]
+        texts = prompt_texts[start:start + len(batch)]
+        key, k_greedy, k_sample = jax.random.split(key, 3)
+        r: Rollout = rollout(model, params, tokenizer, batch, k_greedy, greedy, specs, prompt_texts=texts,
+                             add_special_tokens=add_special_tokens)
+        solved.append(r.per_reward[accuracy_reward] >= SOLVED)
+        rewards.append(r.rewards)
+        lengths.append(r.completion_mask.sum(axis=1))
+        if num_samples:
+            sampled = dataclasses.replace(sampling, num_generations=num_samples, greedy=False)
+            s = rollout(model, params, tokenizer, batch, k_sample, sampled, specs, prompt_texts=texts,
+                        add_special_tokens=add_special_tokens)
+            ok = (s.per_reward[accuracy_reward] >= SOLVED).reshape(len(batch), num_samples)
+            groups = [s.texts[i * num_samples:(i + 1) * num_samples] for i in range(len(batch))]
+            majority += [majority_correct(g, o) for g, o in zip(groups, ok)]
+            any_solved += ok.any(axis=1).tolist()
+    out: dict[str, Any] = {
+        "eval/accuracy": float(np.concatenate(solved).mean()),
+        "eval/reward_mean": float(np.concatenate(rewards).mean()),
+        "eval/length_mean": float(np.concatenate(lengths).mean()),
+        "eval/num_examples": len(examples),
+    }
+    if num_samples:
+        out[f"eval/maj@{num_samples}"] = float(np.mean(majority))
+        out[f"eval/pass@{num_samples}"] = float(np.mean(any_solved))
+    return out

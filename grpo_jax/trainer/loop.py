@@ -1,0 +1,357 @@
+"""The training loop: the only stateful orchestration of a run.
+
+Each GRPO step k (1-based):
+  1. the next B prompts from the resumable PromptStream;
+  2. the sampler draws G completions per prompt with key fold_in(run key, k);
+  3. rewards (host), then DAPO's dynamic sampling if enabled (drop groups with equal rewards, sample more
+     prompts to refill), then group advantages;
+  4. pi_old: the sampler's log-probabilities when mu = 1, else recomputed once for the batch; pi_ref from
+     the frozen reference when beta > 0;
+  5. mu passes over num_minibatches minibatches, one jitted, donated, sharded update each;
+  6. metrics to OUTPUT_DIR/metrics.jsonl + TensorBoard; eval every eval_steps; checkpoint every save_steps.
+
+A checkpoint at step k holds the TrainState after k steps and the prompt stream's position, so a resumed run
+draws the same prompts and random numbers as the uninterrupted one and ends bit-identical on the same mesh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from grpo_jax import sampling as sampling_lib
+from grpo_jax.checkpoint import Checkpointer
+from grpo_jax.data import Example, PromptStream
+from grpo_jax.losses import group_advantages
+from grpo_jax.metrics import MetricsWriter, plot_metrics, read_metrics, summarize
+from grpo_jax.sampling import SamplingConfig, bucket_size
+from grpo_jax.sharding import make_mesh
+from grpo_jax.trainer import rollout as rollout_lib
+from grpo_jax.trainer.build import build_policy
+from grpo_jax.trainer.config import TrainConfig
+from grpo_jax.trainer.evaluation import SOLVED, evaluate
+from grpo_jax.trainer.sft import run_sft
+from grpo_jax.trainer.state import abstract_state, build_optimizer, create_state, state_shardings
+from grpo_jax.trainer.step import compile_counts, grpo_objective, make_logprobs_fn, make_update_fn
+from grpo_jax.trainer.tasks import load_examples, reward_specs, train_eval_split
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+CONFIG_FILE = "config.json"
+
+
+def default_output_dir(config: TrainConfig) -> str:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return os.path.join("runs", f"{config.name}-{stamp}")
+
+
+def total_compiles() -> int:
+    return sampling_lib.compile_count() + sum(compile_counts().values())
+
+
+@dataclasses.dataclass
+class RunContext:
+    """Everything a run builds once: the policy, its tokenizer, data, rewards and sampling settings."""
+
+    config: TrainConfig
+    output_dir: str
+    mesh: Any
+    model: Any
+    params: Any
+    tokenizer: Any
+    sampling: SamplingConfig
+    train_examples: Sequence[Example]
+    eval_examples: Sequence[Example]
+    specs: list
+    render: Callable[[Example], str]
+    add_special_tokens: bool
+
+    def eval_metrics(self, params, key) -> dict[str, float]:
+        if not len(self.eval_examples):
+            return {}
+        run = self.config.run
+        return evaluate(self.model, params, self.tokenizer, self.eval_examples, key, self.sampling, self.specs,
+                        self.config.grpo.accuracy_reward_name,
+                        prompt_texts=[self.render(e) for e in self.eval_examples],
+                        add_special_tokens=self.add_special_tokens, batch_size=run.eval_batch_size,
+                        num_samples=run.eval_num_samples)
+
+
+def build_context(config: TrainConfig, output_dir: str | None = None) -> RunContext:
+    """Build the run's pieces (nothing is compiled yet). Data and config errors surface here."""
+    g, d = config.grpo, config.data
+    devices = jax.devices()
+    if config.run.num_devices > len(devices):
+        raise ValueError(f"run.num_devices={config.run.num_devices} but only {len(devices)} devices are available")
+    mesh = make_mesh(config.run.mesh_axes, devices=devices[: config.run.num_devices or len(devices)])
+    model, params, tokenizer, eos = build_policy(config.model, mesh, seed=config.run.seed,
+                                                 extra_eos=g.extra_eos_token_ids)
+    top = bucket_size(d.max_prompt_length, SamplingConfig.prompt_length_buckets)
+    buckets = tuple(b for b in SamplingConfig.prompt_length_buckets if b < top) + (top,)
+    sampling = SamplingConfig(num_generations=g.num_generations, max_new_tokens=g.max_completion_length,
+                              temperature=g.temperature, top_p=g.top_p, top_k=g.top_k, eos_token_ids=eos,
+                              pad_token_id=int(tokenizer.pad_token_id), prompt_length_buckets=buckets)
+    examples = load_examples(d)
+    train_examples, eval_examples = train_eval_split(d, examples)
+
+    def render(example: Example) -> str:
+        return rollout_lib.prompt_text_of(tokenizer, example, chat_template=d.chat_template,
+                                          system_prompt=d.system_prompt, suffix=d.prompt_suffix)
+
+    return RunContext(config, output_dir or config.run.output_dir or default_output_dir(config), mesh, model,
+                      params, tokenizer, sampling, train_examples, eval_examples, reward_specs(g), render,
+                      add_special_tokens=not d.chat_template)
+
+
+def _prompt_stream(ctx: RunContext) -> PromptStream:
+    d = ctx.config.data
+
+    def length(prompt) -> int:
+        text = ctx.render({"prompt": prompt})
+        return len(ctx.tokenizer(text, add_special_tokens=ctx.add_special_tokens)["input_ids"])
+
+    return PromptStream(ctx.train_examples, batch_size=d.batch_size, seed=d.seed, max_prompt_length=d.max_prompt_length,
+                        length_fn=length, overlong=d.overlong)
+
+
+def _mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
+    out = {}
+    for key in history[0]:
+        values = np.array([float(h[key]) for h in history])
+        out[key] = float(values.max() if key == "ratio_max" else values.min() if key == "ratio_min" else values.mean())
+    return out
+
+
+class GRPOTrainer:
+    """Runs GRPO steps for a RunContext. ``run()`` trains to ``run.max_steps`` and returns the final metrics."""
+
+    def __init__(self, ctx: RunContext, *, resume: bool = False):
+        self.ctx = ctx
+        cfg = ctx.config
+        self.g = cfg.grpo
+        self.is_writer = jax.process_index() == 0
+        total_updates = cfg.run.max_steps * self.g.num_iterations * self.g.num_minibatches
+        self.optimizer, self.schedule = build_optimizer(cfg.optimizer, total_updates)
+        self.checkpointer = Checkpointer(os.path.join(ctx.output_dir, CHECKPOINT_DIR),
+                                         max_to_keep=cfg.run.save_total_limit, async_save=cfg.run.async_save)
+        self.stream = _prompt_stream(ctx)
+        self.start_step = 0
+        latest = self.checkpointer.latest_step()
+        if latest is not None and not resume:
+            raise FileExistsError(
+                f"{ctx.output_dir} already holds checkpoints (latest step {latest}); pass --resume to continue "
+                "that run or choose another --output-dir"
+            )
+        if resume and latest is not None:
+            template = create_state(ctx.params, self.optimizer, ctx.mesh, seed=cfg.run.seed,
+                                    with_reference=self.g.beta > 0)
+            self.state, meta = self.checkpointer.restore(abstract_state(template), step=latest)
+            del template
+            self._check_resumable(meta)
+            self.stream.restore(meta["data"])
+            self.start_step = int(meta["step"])
+            logger.info("resumed from %s at step %d", self.checkpointer.directory, self.start_step)
+        else:
+            params = ctx.params
+            if cfg.sft.steps:
+                params = run_sft(ctx, params)
+            self.state = create_state(params, self.optimizer, ctx.mesh, seed=cfg.run.seed,
+                                      with_reference=self.g.beta > 0)
+        ctx.params = None  # the state owns the parameters from here on (the update donates them)
+        self.update = make_update_fn(
+            ctx.model, self.optimizer, self.schedule, ctx.mesh, state_shardings(self.state),
+            objective=grpo_objective(self.g), temperature=self.g.temperature,
+            accumulation_steps=cfg.optimizer.gradient_accumulation_steps,
+            token_weighted=self.g.aggregation == "token-mean", name="grpo_update",
+        )
+        self.logprobs = make_logprobs_fn(ctx.model, ctx.mesh, self.g.temperature)
+        self.metrics = MetricsWriter(ctx.output_dir, enabled=self.is_writer, tensorboard=cfg.run.tensorboard,
+                                     progress=cfg.run.progress, total_steps=cfg.run.max_steps,
+                                     resume_step=self.start_step if resume else None)
+        if self.is_writer:
+            with open(os.path.join(ctx.output_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
+                json.dump(cfg.to_dict(), f, indent=2)
+
+    def _check_resumable(self, meta: dict) -> None:
+        saved = meta.get("config", {})
+        now = self.ctx.config.to_dict()
+        keep_equal = ("model", "data", "grpo", "optimizer")
+        changed = [s for s in keep_equal if saved.get(s) != now[s]]
+        if changed:
+            raise ValueError(
+                f"cannot resume {self.ctx.output_dir}: the config's section(s) {changed} differ from the checkpoint's; "
+                "an exact resume needs the same model, data, algorithm and optimizer settings"
+            )
+
+    # -- one step ---------------------------------------------------------------------------------------
+    def _sample(self, key: jax.Array) -> tuple[rollout_lib.Rollout, dict[str, float]]:
+        """A scored rollout of B groups (with dynamic sampling: informative groups first)."""
+        ctx = self.ctx
+        rounds, stats = [], {}
+
+        def one(k):
+            examples = self.stream.next_batch()
+            texts = [ctx.render(e) for e in examples]
+            return rollout_lib.rollout(
+                ctx.model, self.state.params, ctx.tokenizer, examples, k, ctx.sampling, ctx.specs,
+                prompt_texts=texts, add_special_tokens=ctx.add_special_tokens,
+                overlong_buffer=self.g.overlong_buffer if self.g.overlong_penalty else None)
+
+        key, sub = jax.random.split(key)
+        rounds.append(one(sub))
+        b, g = len(rounds[0].examples), self.g.num_generations
+        if not self.g.dynamic_sampling:
+            return rounds[0], stats
+        keep = [(0, i) for i in np.flatnonzero(rollout_lib.informative_groups(rounds[0].rewards, g))]
+        for _ in range(self.g.max_resample_rounds):
+            if len(keep) >= b:
+                break
+            key, sub = jax.random.split(key)
+            rounds.append(one(sub))
+            r = len(rounds) - 1
+            keep += [(r, i) for i in np.flatnonzero(rollout_lib.informative_groups(rounds[r].rewards, g))]
+        informative = len(keep)
+        chosen = keep[:b]
+        chosen_set = set(chosen)
+        filler = [(r, i) for r in range(len(rounds)) for i in range(b) if (r, i) not in chosen_set]
+        chosen += filler[: b - len(chosen)]
+        stats = {"dynamic/rounds": len(rounds), "dynamic/informative_groups": informative,
+                 "dynamic/filled_with_zero_signal": max(b - informative, 0)}
+        return rollout_lib.select_groups(rounds, sorted(chosen)), stats
+
+    def step(self, step: int) -> dict[str, float]:
+        g = self.g
+        t0 = time.perf_counter()
+        key = jax.random.fold_in(jax.random.wrap_key_data(self.state.rng), step)
+        compiles_before = total_compiles()
+        r, dyn_stats = self._sample(key)
+        advantages = np.asarray(group_advantages(jnp.asarray(r.rewards), g.num_generations, scale=g.scale_rewards))
+        t1 = time.perf_counter()
+        batch = rollout_lib.sequence_batch(r, mask_truncated=g.mask_truncated_completions)
+        batch["advantages"] = advantages
+        t = batch["completion_mask"].shape[1]
+        if g.num_iterations > 1:
+            batch["old_logprobs"] = np.asarray(self.logprobs(self.state.params, batch["input_ids"],
+                                                             batch["attention_mask"], t))
+        else:
+            batch["old_logprobs"] = r.policy_logprobs
+        if g.beta > 0:
+            batch["ref_logprobs"] = np.asarray(self.logprobs(self.state.ref_params, batch["input_ids"],
+                                                             batch["attention_mask"], t))
+        t_logprobs = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        n = len(r.texts)
+        size = n // g.num_minibatches
+        history = []
+        for _ in range(g.num_iterations):
+            for m in range(g.num_minibatches):
+                minibatch = {k: v[m * size:(m + 1) * size] for k, v in batch.items()}
+                self.state, update_metrics = self.update(self.state, minibatch)
+                history.append(jax.device_get(update_metrics))
+        update = _mean_metrics(history)
+        t_update = time.perf_counter() - t2
+        if g.ref_model_sync_steps and step % g.ref_model_sync_steps == 0 and self.state.ref_params is not None:
+            self.state = self.state.replace(ref_params=jax.tree.map(jnp.copy, self.state.params))
+        lengths = r.completion_mask.sum(axis=1)
+        solved = r.per_reward[g.accuracy_reward_name] >= SOLVED
+        grouped = r.rewards.reshape(-1, g.num_generations)
+        out = {
+            "reward/mean": float(r.rewards.mean()), "reward/std": float(r.rewards.std()),
+            **{f"reward/{k}/mean": float(v.mean()) for k, v in r.per_reward.items()},
+            "reward/failures": len(r.failures), "accuracy": float(solved.mean()),
+            "groups/zero_signal_frac": float(np.mean(np.all(grouped == grouped[:, :1], axis=1))),
+            "advantage/mean": float(advantages.mean()), "advantage/std": float(advantages.std()),
+            "advantage/abs_mean": float(np.abs(advantages).mean()),
+            **update,
+            "completion/length_mean": float(lengths.mean()), "completion/length_max": int(lengths.max()),
+            "completion/truncated_frac": float(1.0 - r.finished.mean()),
+            "tokens/sampled_per_s": float(lengths.sum() / max(r.sample_s, 1e-9)),
+            "tokens/update_per_s": float(batch["attention_mask"].sum() * g.num_iterations / max(t_update, 1e-9)),
+            "time/sample_s": r.sample_s, "time/reward_s": r.reward_s, "time/logprobs_s": t_logprobs,
+            "time/update_s": t_update,
+            "compile/count": total_compiles(), "compile/new": total_compiles() - compiles_before,
+            "data/epoch": self.stream.epoch, "batch/prompt_length": int(r.prompt_ids.shape[1]), **dyn_stats,
+        }
+        out["time/step_s"] = time.perf_counter() - t0
+        return out
+
+    # -- the run ----------------------------------------------------------------------------------------
+    def _meta(self, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
+        return {"step": step, "data": self.stream.state(), "config": self.ctx.config.to_dict(),
+                "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+
+    def _eval(self, step: int) -> dict[str, float]:
+        t0 = time.perf_counter()
+        key = jax.random.fold_in(jax.random.wrap_key_data(self.state.rng), 1_000_000_000 + step)
+        out = self.ctx.eval_metrics(self.state.params, key)
+        if out:
+            out["time/eval_s"] = time.perf_counter() - t0
+        return out
+
+    def run(self) -> dict[str, Any]:
+        run = self.ctx.config.run
+        last: dict[str, Any] = {}
+        try:
+            if self.start_step == 0:
+                first = self._eval(0)
+                if first:
+                    self.metrics.write(0, first)
+                self.checkpointer.save(0, self.state, self._meta(0, first))
+            for step in range(self.start_step + 1, run.max_steps + 1):
+                last = self.step(step)
+                if step == run.max_steps or (run.eval_steps and step % run.eval_steps == 0):
+                    last.update(self._eval(step))
+                self.metrics.write(step, last)
+                if step == run.max_steps or (run.save_steps and step % run.save_steps == 0):
+                    self.checkpointer.save(step, self.state, self._meta(step, last))
+            self.checkpointer.wait_until_finished()
+        finally:
+            self.metrics.close()
+            self.checkpointer.close()
+        if self.is_writer and run.plot:
+            plot_metrics(self.ctx.output_dir)
+        return last
+
+
+def train(config: TrainConfig, *, output_dir: str | None = None, resume: bool = False) -> dict[str, Any]:
+    """Train ``config`` end to end; returns the last step's metrics. Writes into ``output_dir``: checkpoints/,
+    metrics.jsonl, tensorboard/, curves.png, config.json (see the README)."""
+    ctx = build_context(config, output_dir)
+    os.makedirs(ctx.output_dir, exist_ok=True)
+    trainer = GRPOTrainer(ctx, resume=resume)
+    last = trainer.run()
+    if trainer.is_writer:
+        logger.info("run summary:\n%s", summarize(read_metrics(ctx.output_dir)))
+    return last
+
+
+def load_run_config(run_dir: str, overrides: Sequence[str] = ()) -> TrainConfig:
+    """The TrainConfig a run in ``run_dir`` was trained with (its config.json), with ``overrides`` applied."""
+    from grpo_jax.trainer.config import apply_overrides
+
+    path = os.path.join(run_dir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{run_dir!r} is not a training run directory: it has no {CONFIG_FILE}")
+    with open(path, encoding="utf-8") as f:
+        return apply_overrides(TrainConfig.from_dict(json.load(f)), overrides)
+
+
+def restore_params(ctx: RunContext, step: int | None = None) -> tuple[Any, int]:
+    """The policy parameters of checkpoint ``step`` (default: the latest) of the run in ``ctx.output_dir``."""
+    g = ctx.config.grpo
+    optimizer, _ = build_optimizer(ctx.config.optimizer, 1)
+    template = create_state(ctx.params, optimizer, ctx.mesh, seed=ctx.config.run.seed, with_reference=g.beta > 0)
+    with Checkpointer(os.path.join(ctx.output_dir, CHECKPOINT_DIR), async_save=False, max_to_keep=None) as ckpt:
+        state, meta = ckpt.restore(abstract_state(template), step=step)
+    return state.params, int(meta["step"])

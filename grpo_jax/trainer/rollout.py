@@ -1,0 +1,165 @@
+"""One rollout: prompts -> token ids -> G completions each -> text -> rewards, and the sequence batch.
+
+Host-side glue between the pure pieces (tokenizer, ``grpo_jax.sampling.generate``, ``grpo_jax.rewards.score``,
+``grpo_jax.losses.group_advantages``). Arrays here are NumPy; the jitted programs place them on the mesh.
+Row layout everywhere: completion j of prompt i is row i * G + j.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from grpo_jax.data import Example
+from grpo_jax.models.tokenizer import render_prompt
+from grpo_jax.rewards import RewardFailure, RewardSpec, overlong_penalty, score
+from grpo_jax.sampling import SampleResult, SamplingConfig, bucket_size, generate
+
+
+@dataclasses.dataclass
+class Rollout:
+    """B prompts and their B * G scored completions (NumPy arrays on the host).
+
+    prompt_ids / prompt_mask: [B, P] int32, left-padded to a length bucket.
+    tokens / completion_mask: [B*G, T] int32; policy_logprobs: [B*G, T] float32 (the sampler's log pi);
+    finished: [B*G] bool (False = truncated at T); texts: B*G decoded completions;
+    rewards: [B*G] float32 total; per_reward: {name: [B*G]}; failures: reward failures.
+    sample_s / reward_s: wall seconds spent sampling (incl. decoding to text) and scoring.
+    """
+
+    examples: list[Example]
+    prompt_ids: np.ndarray
+    prompt_mask: np.ndarray
+    tokens: np.ndarray
+    completion_mask: np.ndarray
+    policy_logprobs: np.ndarray
+    finished: np.ndarray
+    texts: list[str]
+    rewards: np.ndarray
+    per_reward: dict[str, np.ndarray]
+    failures: list[RewardFailure]
+    sample_s: float = 0.0
+    reward_s: float = 0.0
+
+    @property
+    def group_size(self) -> int:
+        return len(self.texts) // len(self.examples)
+
+
+def prompt_text_of(tokenizer: Any, example: Example, *, chat_template: bool, system_prompt: str | None,
+                   suffix: str) -> str:
+    """The text the model sees for an example (chat template applied when asked, suffix appended)."""
+    prompt = example["prompt"]
+    if suffix and isinstance(prompt, str):
+        prompt = prompt + suffix
+    return render_prompt(tokenizer, prompt, chat_template=chat_template, system=system_prompt)
+
+
+def encode_prompts(tokenizer: Any, texts: Sequence[str], *, buckets: Sequence[int], pad_id: int,
+                   add_special_tokens: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded [B, P] ids and mask, P the length bucket of the longest prompt."""
+    encoded = tokenizer(list(texts), add_special_tokens=add_special_tokens)["input_ids"]
+    longest = max(len(ids) for ids in encoded)
+    p = bucket_size(longest, buckets)
+    ids = np.full((len(encoded), p), pad_id, np.int32)
+    mask = np.zeros((len(encoded), p), np.int32)
+    for i, row in enumerate(encoded):
+        if row:
+            ids[i, p - len(row):] = row
+            mask[i, p - len(row):] = 1
+    return ids, mask
+
+
+def decode_completions(tokenizer: Any, tokens: np.ndarray, mask: np.ndarray) -> list[str]:
+    """Completion texts (special tokens such as EOS dropped)."""
+    lengths = mask.sum(axis=1)
+    return tokenizer.batch_decode([row[:n].tolist() for row, n in zip(tokens, lengths)], skip_special_tokens=True)
+
+
+def example_columns(examples: Sequence[Example], group_size: int) -> dict[str, list]:
+    """Reference fields as columns with one entry per completion (each example repeated G times)."""
+    keys = [k for k in examples[0] if k != "prompt" and all(k in e for e in examples)]
+    return {k: [e[k] for e in examples for _ in range(group_size)] for k in keys}
+
+
+def rollout(model, params, tokenizer, examples: list[Example], key: jax.Array, sampling: SamplingConfig,
+            specs: Sequence[RewardSpec], *, prompt_texts: Sequence[str], add_special_tokens: bool,
+            overlong_buffer: int | None = None) -> Rollout:
+    """Sample ``sampling.num_generations`` completions for each example and score them.
+
+    ``overlong_buffer``: add DAPO's soft overlong penalty (max_length = max_new_tokens) to the total reward.
+    """
+    t0 = time.perf_counter()
+    ids, mask = encode_prompts(tokenizer, prompt_texts, buckets=sampling.prompt_length_buckets,
+                               pad_id=sampling.pad_token_id, add_special_tokens=add_special_tokens)
+    result: SampleResult = generate(model, params, ids, mask, key, sampling)
+    tokens, cmask, plp, finished = (np.asarray(jax.device_get(x)) for x in
+                                    (result.tokens, result.mask, result.policy_logprobs, result.finished))
+    texts = decode_completions(tokenizer, tokens, cmask)
+    t1 = time.perf_counter()
+    total, per_reward, failures = score(specs, texts, example_columns(examples, sampling.num_generations))
+    if overlong_buffer is not None:
+        lengths = cmask.sum(axis=1) + (~finished)  # a truncated completion counts as longer than the limit
+        penalty = np.asarray(overlong_penalty(lengths.tolist(), max_length=sampling.max_new_tokens,
+                                              cache_length=min(overlong_buffer, sampling.max_new_tokens)), np.float32)
+        per_reward["overlong"] = penalty
+        total = total + penalty
+    return Rollout(list(examples), ids, mask, tokens, cmask, plp, finished, texts, total.astype(np.float32),
+                   per_reward, failures, sample_s=t1 - t0, reward_s=time.perf_counter() - t1)
+
+
+def select_groups(rollouts: Sequence[Rollout], groups: Sequence[tuple[int, int]]) -> Rollout:
+    """A Rollout of the chosen (rollout index, prompt index) groups, prompts re-padded to a common length."""
+    g = rollouts[0].group_size
+    p = max(r.prompt_ids.shape[1] for r in rollouts)
+
+    def left_pad(x: np.ndarray, value: int) -> np.ndarray:
+        return np.pad(x, ((0, 0), (p - x.shape[1], 0)), constant_values=value)
+
+    pad_id = int(rollouts[0].prompt_ids[rollouts[0].prompt_mask == 0][0]) if (rollouts[0].prompt_mask == 0).any() else 0
+    prompt_rows = [(r, i) for r, i in groups]
+    comp_rows = np.array([i * g + j for _, i in groups for j in range(g)])
+    comp_src = [r for r, _ in groups for _ in range(g)]
+
+    def gather_rows(field: str) -> np.ndarray:
+        return np.stack([getattr(rollouts[r], field)[row] for r, row in zip(comp_src, comp_rows)])
+
+    return Rollout(
+        examples=[rollouts[r].examples[i] for r, i in prompt_rows],
+        prompt_ids=np.stack([left_pad(rollouts[r].prompt_ids, pad_id)[i] for r, i in prompt_rows]),
+        prompt_mask=np.stack([left_pad(rollouts[r].prompt_mask, 0)[i] for r, i in prompt_rows]),
+        tokens=gather_rows("tokens"), completion_mask=gather_rows("completion_mask"),
+        policy_logprobs=gather_rows("policy_logprobs"), finished=gather_rows("finished"),
+        texts=[rollouts[r].texts[row] for r, row in zip(comp_src, comp_rows)],
+        rewards=gather_rows("rewards"),
+        per_reward={k: np.stack([rollouts[r].per_reward[k][row] for r, row in zip(comp_src, comp_rows)])
+                    for k in rollouts[0].per_reward},
+        failures=[f for r in rollouts for f in r.failures],
+        sample_s=sum(r.sample_s for r in rollouts), reward_s=sum(r.reward_s for r in rollouts),
+    )
+
+
+def informative_groups(rewards: np.ndarray, group_size: int) -> np.ndarray:
+    """[B] bool: groups whose rewards are not all equal (DAPO's dynamic-sampling filter)."""
+    r = rewards.reshape(-1, group_size)
+    return ~np.all(r == r[:, :1], axis=1)
+
+
+def sequence_batch(r: Rollout, *, mask_truncated: bool) -> dict[str, np.ndarray]:
+    """input_ids / attention_mask [N, P + T] and completion_mask [N, T] of a rollout (see trainer.step)."""
+    g = r.group_size
+    prompt_ids = np.repeat(r.prompt_ids, g, axis=0)
+    prompt_mask = np.repeat(r.prompt_mask, g, axis=0)
+    loss_mask = r.completion_mask.astype(np.float32)
+    if mask_truncated:
+        loss_mask = loss_mask * r.finished[:, None]
+    return {
+        "input_ids": np.concatenate([prompt_ids, r.tokens], axis=1).astype(np.int32),
+        "attention_mask": np.concatenate([prompt_mask, r.completion_mask], axis=1).astype(np.int32),
+        "completion_mask": loss_mask,
+    }

@@ -1,0 +1,101 @@
+"""TrainState (the pytree a checkpoint holds) and the optax optimizer built from OptimizerConfig.
+
+Everything in TrainState is a jax.Array, so orbax saves it as is and the update step can take it with
+explicit shardings and donate it:
+
+  step        int32 scalar   optimizer updates applied so far
+  params      pytree         the policy's parameters (float32), sharded by the logical-axis rules
+  opt_state   pytree         AdamW moments (same shardings as params) and counters
+  ref_params  pytree | None  the frozen reference policy for the KL penalty (None when beta == 0)
+  rng         uint32 [2]     the run's base key data; the key of GRPO step k is fold_in(rng, k), so a resumed
+                             run draws exactly the numbers the uninterrupted run would have drawn
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from grpo_jax.trainer.config import OptimizerConfig
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    ref_params: Any
+    rng: jax.Array
+
+
+def learning_rate_schedule(config: OptimizerConfig, total_updates: int) -> optax.Schedule:
+    """Linear warm-up from 0 over ``warmup_steps`` updates, then constant / cosine / linear decay to 0
+    at ``total_updates``."""
+    warmup = min(config.warmup_steps, max(total_updates - 1, 0))
+    decay_steps = max(total_updates - warmup, 1)
+    peak = config.learning_rate
+    if config.lr_scheduler_type == "constant":
+        after = optax.constant_schedule(peak)
+    elif config.lr_scheduler_type == "cosine":
+        after = optax.cosine_decay_schedule(peak, decay_steps)
+    else:
+        after = optax.linear_schedule(peak, 0.0, decay_steps)
+    if warmup == 0:
+        return after
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
+
+
+def build_optimizer(config: OptimizerConfig, total_updates: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """AdamW with global-norm clipping (when max_grad_norm > 0) and the schedule; returns (optimizer, schedule)."""
+    schedule = learning_rate_schedule(config, total_updates)
+    adamw = optax.adamw(schedule, b1=config.adam_beta1, b2=config.adam_beta2, eps=config.adam_epsilon,
+                        weight_decay=config.weight_decay)
+    if config.max_grad_norm > 0:
+        return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), adamw), schedule
+    return adamw, schedule
+
+
+def optimizer_state_shardings(optimizer: optax.GradientTransformation, params: Any, mesh: Mesh) -> Any:
+    """Shardings for ``optimizer.init(params)``: a leaf whose key path ends with a parameter's path and has its
+    shape (AdamW's mu and nu) takes that parameter's sharding; everything else (counters) is replicated."""
+    by_path = {tuple(path): leaf.sharding for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+    shapes = {tuple(path): leaf.shape for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def choose(path, leaf):
+        path = tuple(path)
+        for start in range(len(path)):
+            suffix = path[start:]
+            if suffix in by_path and shapes[suffix] == leaf.shape:
+                return by_path[suffix]
+        return replicated
+
+    abstract = jax.eval_shape(optimizer.init, params)
+    return jax.tree_util.tree_map_with_path(choose, abstract)
+
+
+def create_state(params: Any, optimizer: optax.GradientTransformation, mesh: Mesh, *, seed: int,
+                 with_reference: bool) -> TrainState:
+    """A fresh TrainState around ``params`` (already placed on ``mesh``): optimizer moments sharded like
+    their parameters, scalars replicated, the reference a copy of params."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    opt_state = jax.jit(optimizer.init, out_shardings=optimizer_state_shardings(optimizer, params, mesh))(params)
+    ref = jax.tree.map(jnp.copy, params) if with_reference else None
+    rng = jax.device_put(jax.random.key_data(jax.random.key(seed)), replicated)
+    step = jax.device_put(jnp.zeros((), jnp.int32), replicated)
+    return TrainState(step=step, params=params, opt_state=opt_state, ref_params=ref, rng=rng)
+
+
+def state_shardings(state: TrainState) -> Any:
+    """The sharding of every leaf of a materialised state (for jit's in/out shardings and restore)."""
+    return jax.tree.map(lambda x: x.sharding, state)
+
+
+def abstract_state(state: TrainState) -> Any:
+    """ShapeDtypeStructs with shardings: the restore target for a checkpoint of this state."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)

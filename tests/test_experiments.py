@@ -1,0 +1,70 @@
+"""Every recipe in experiments/ builds and trains 2 steps on a tiny random-init checkpoint of its architecture.
+
+The real recipes need real weights and accelerators; here only the model (a 2-layer Qwen2 with a byte-level
+BPE tokenizer and a chat template), the data files and the sizes (G, prompts per step, lengths) are
+swapped for tiny ones. The algorithm settings are the recipe's own.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from grpo_jax.metrics import read_metrics
+from grpo_jax.trainer import apply_overrides, load_config, train
+from hf_checkpoints import make_checkpoint, make_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted(p.name for p in (ROOT / "experiments").glob("*.py") if p.name != "default.py")
+
+GSM8K = [("Tom has 3 apples and buys 4 more. How many apples does he have?", "3 + 4 = 7\n#### 7"),
+         ("A box holds 1,200 pens. Half are sold. How many remain?", "1200 / 2 = 600\n#### 600"),
+         ("What is 12 times 3?", "12 * 3 = 36\n#### 36"),
+         ("Sara reads 5 pages a day for 6 days. How many pages?", "5 * 6 = 30\n#### 30")] * 3
+MATH = [("Compute $\\frac{1}{2} + \\frac{1}{4}$.", "It is $\\boxed{\\frac{3}{4}}$."),
+        ("What is $3^2$?", "$3^2 = \\boxed{9}$."), ("Solve $x + 1 = 3$.", "$x = \\boxed{2}$.")] * 4
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-qwen2")
+    tokenizer = make_tokenizer(path)
+    make_checkpoint(path, "qwen2_bias_tied", vocab_size=len(tokenizer))
+    return path
+
+
+@pytest.fixture(scope="module")
+def data_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    with open(root / "gsm8k.jsonl", "w") as f:
+        for q, a in GSM8K:
+            f.write(json.dumps({"question": q, "answer": a}) + "\n")
+    with open(root / "math.jsonl", "w") as f:
+        for p, s in MATH:
+            f.write(json.dumps({"problem": p, "solution": s}) + "\n")
+    return {"gsm8k_jsonl": root / "gsm8k.jsonl", "math": root / "math.jsonl"}
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipe_trains_two_steps_on_a_tiny_checkpoint(recipe, tiny_model, data_files, tmp_path):
+    config = load_config(ROOT / "experiments" / recipe)
+    overrides = [f"model.path={tiny_model}", "max_steps=2", "num_generations=4", "data.batch_size=2",
+                 "max_completion_length=8", "eval_examples=2", "eval_batch_size=2", "num_minibatches=2",
+                 "gradient_accumulation_steps=2", "save_steps=0", "plot=false", "tensorboard=false",
+                 "progress=false", "data.max_prompt_length=2048", "code_timeout_s=1.0"]
+    if config.data.task in data_files:
+        overrides.append(f"data.path={data_files[config.data.task]}")
+    if config.run.eval_num_samples:
+        overrides.append("run.eval_num_samples=2")
+    tiny = apply_overrides(config, overrides)
+    # the recipe's algorithm is kept as is
+    assert tiny.grpo.beta == config.grpo.beta and tiny.grpo.loss_type == config.grpo.loss_type
+    assert tiny.grpo.rewards == config.grpo.rewards and tiny.optimizer.learning_rate == config.optimizer.learning_rate
+    train(tiny, output_dir=str(tmp_path))
+    records = read_metrics(tmp_path)
+    assert [r["step"] for r in records] == [0, 1, 2]
+    for r in records[1:]:
+        assert r["completion/length_mean"] > 0 and r["time/step_s"] > 0
+        for name in config.grpo.rewards:
+            assert f"reward/{name}/mean" in r
+    assert "eval/accuracy" in records[-1]

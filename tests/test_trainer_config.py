@@ -1,0 +1,83 @@
+"""TrainConfig: validation at construction, command-line overrides, recipes and round trips."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from grpo_jax.trainer import ConfigError, GRPOConfig, TrainConfig, apply_overrides, load_config
+from grpo_jax.trainer.config import DataConfig, parse_mesh
+from grpo_jax.trainer.default import get_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_overrides_parse_by_field_type():
+    config = apply_overrides(TrainConfig(), [
+        "grpo.beta=0", "epsilon_high=0.28", "rewards=math,format", "reward_weights=1,0.5", "run.mesh=fsdp:4,tensor:2",
+        "max_steps=7", "mask_truncated_completions=true", "data.system_prompt=none", "name=exp1",
+        "--grpo.loss_type=dr_grpo",
+    ])
+    g = config.grpo
+    assert (g.beta, g.epsilon_high, g.rewards, g.reward_weights) == (0.0, 0.28, ("math", "format"), (1.0, 0.5))
+    assert g.mask_truncated_completions is True and g.aggregation == "seq-mean-token-sum-norm"
+    assert config.run.mesh_axes == {"fsdp": 4, "tensor": 2} and config.run.max_steps == 7
+    assert config.data.system_prompt is None and config.name == "exp1"
+    assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+@pytest.mark.parametrize("override, message", [
+    ("bogus=1", "'bogus' is not a config field"),
+    ("grpo.bogus=1", "no field 'grpo.bogus'"),
+    ("batch_size=4", "ambiguous: use one of ['data.batch_size', 'sft.batch_size']"),
+    ("grpo.num_generations=1", "grpo.num_generations=1 is invalid: expected an int >= 2"),
+    ("grpo.loss_type=ppo", "grpo.loss_type='ppo' is invalid"),
+    ("optimizer.learning_rate=fast", "optimizer.learning_rate='fast': expected a number"),
+    ("grpo.top_p=1.5", "grpo.top_p=1.5 is invalid: expected a number in (0, 1]"),
+    ("run.mesh=model:8", "run.mesh='model:8' is invalid"),
+    ("grpo.num_minibatches=3", "grpo.num_minibatches=3 must divide the 128 completions"),
+    ("grpo.rewards=code", "the code reward needs a task with tests"),
+    ("data.task=gsm8k_jsonl", "data.path=None is invalid"),
+    ("beta", "is not of the form field=value"),
+])
+def test_bad_overrides_name_the_problem(override, message):
+    with pytest.raises(ConfigError) as e:
+        apply_overrides(TrainConfig(), [override])
+    assert message in str(e.value)
+
+
+def test_sections_validate_on_construction():
+    with pytest.raises(ConfigError, match="grpo.accuracy_reward='format' is invalid"):
+        GRPOConfig(rewards=("math",), accuracy_reward="format")
+    with pytest.raises(ConfigError, match="data.overlong='cut' is invalid"):
+        DataConfig(overlong="cut")
+    with pytest.raises(ConfigError, match="unknown field"):
+        TrainConfig.from_dict({"grpo": {"betta": 0.1}})
+    with pytest.raises(ConfigError, match="at most one axis may be -1"):
+        parse_mesh("data:-1,fsdp:-1")
+
+
+def test_recipe_files_load(tmp_path):
+    recipe = tmp_path / "r.py"
+    recipe.write_text("from grpo_jax.trainer import TrainConfig\n\n"
+                      "def get_config():\n    return TrainConfig(name='r')\n")
+    assert load_config(recipe).name == "r"
+    (tmp_path / "bad.py").write_text("x = 1\n")
+    with pytest.raises(ConfigError, match="defines no get_config"):
+        load_config(tmp_path / "bad.py")
+    for path in sorted((ROOT / "experiments").glob("*.py")):
+        assert isinstance(load_config(path), TrainConfig), path
+
+
+def test_default_recipe_is_the_embedded_one():
+    assert load_config(ROOT / "experiments" / "default.py") == get_config()
+
+
+def test_cli_rejects_bad_config_before_building_anything():
+    proc = subprocess.run([sys.executable, "-m", "grpo_jax.cli", "train", "grpo.beta=-1"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2
+    assert "grpo-jax: error: grpo.beta=-1.0 is invalid: expected a number >= 0" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,179 @@
+"""End-to-end GRPO runs: outputs, mesh independence, exact resume, SIGKILL during a save, compile counts,
+learning, dynamic sampling. Every run is a ~20k-parameter model on single-digit sums (tests/trainer_runs.py)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from grpo_jax.metrics import read_metrics
+from grpo_jax.rewards import RewardSpec
+from grpo_jax.trainer import build_context, restore_params, train
+from grpo_jax.trainer.loop import GRPOTrainer
+from subprocess_lines import LineReader
+from trainer_runs import params_equal, tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _final_params(config, run_dir):
+    return jax.device_get(restore_params(build_context(config, str(run_dir)))[0])
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """A 4-step run with a checkpoint every step: the reference for the resume tests."""
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    config = tiny_config("save_steps=1", "num_iterations=2")
+    train(config, output_dir=str(run_dir))
+    return config, run_dir, read_metrics(run_dir), _final_params(config, run_dir)
+
+
+def test_run_writes_every_output(uninterrupted):
+    _, run_dir, records, _ = uninterrupted
+    names = sorted(os.listdir(run_dir))
+    assert {"checkpoints", "config.json", "curves.png", "metrics.jsonl", "tensorboard"} <= set(names)
+    assert [r["step"] for r in records] == [0, 1, 2, 3, 4]
+    for r in records[1:]:
+        assert {"reward/mean", "time/step_s", "kl", "entropy", "clip_frac", "completion/length_mean",
+                "time/sample_s", "time/reward_s", "time/update_s", "compile/count", "accuracy"} <= set(r)
+        assert 0.0 <= r["reward/mean"] <= 1.0 and r["time/step_s"] > 0
+    assert [r["step"] for r in records if "eval/accuracy" in r] == [0, 2, 4]
+    assert sorted(int(s) for s in os.listdir(run_dir / "checkpoints") if s.isdigit()) == [2, 3, 4]
+    assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((run_dir / "config.json").read_text())["grpo"]["num_iterations"] == 2
+
+
+def test_resume_after_a_crash_is_bit_identical(uninterrupted, tmp_path, monkeypatch):
+    config, _, reference, final = uninterrupted
+    original = GRPOTrainer.step
+
+    def crash_at_3(self, step):
+        if step == 3:
+            raise KeyboardInterrupt("simulated crash")
+        return original(self, step)
+
+    monkeypatch.setattr(GRPOTrainer, "step", crash_at_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, output_dir=str(tmp_path))
+    monkeypatch.setattr(GRPOTrainer, "step", original)
+    with pytest.raises(FileExistsError, match="pass --resume"):
+        train(config, output_dir=str(tmp_path))
+    train(config, output_dir=str(tmp_path), resume=True)
+    resumed = read_metrics(tmp_path)
+    assert [r["step"] for r in resumed] == [0, 1, 2, 3, 4]
+    for a, b in zip(reference, resumed):
+        for key in ("loss", "reward/mean", "kl", "grad_norm", "eval/accuracy"):
+            if key in a:
+                assert a[key] == b[key], (a["step"], key)
+    assert params_equal(final, _final_params(config, tmp_path))
+
+
+def test_resume_refuses_a_changed_algorithm(uninterrupted, tmp_path):
+    config, run_dir, _, _ = uninterrupted
+    changed = tiny_config("save_steps=1", "num_iterations=2", "grpo.beta=0.1")
+    with pytest.raises(ValueError, match=r"section\(s\) \['grpo'\] differ"):
+        GRPOTrainer(build_context(changed, str(run_dir)), resume=True)
+
+
+_KILL_DRIVER = """
+import sys, threading
+from orbax.checkpoint._src.path import atomicity
+from trainer_runs import tiny_config
+from grpo_jax.trainer import train
+
+original = atomicity.AtomicRenameTemporaryPath.finalize
+async def hang(self, *args, **kwargs):
+    if self.get_final().name != "3":
+        return await original(self, *args, **kwargs)
+    print("HANGING IN SAVE 3", flush=True)
+    threading.Event().wait(timeout=300)
+atomicity.AtomicRenameTemporaryPath.finalize = hang
+train(tiny_config("save_steps=1", "num_iterations=2"), output_dir=sys.argv[1])
+"""
+
+
+def test_sigkill_during_a_save_resumes_from_the_last_complete_checkpoint(uninterrupted, tmp_path):
+    config, _, reference, final = uninterrupted
+    driver = tmp_path / "driver.py"
+    driver.write_text(_KILL_DRIVER)
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
+    proc = subprocess.Popen([sys.executable, str(driver), str(run_dir)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env=env, cwd=tmp_path)
+    reader = LineReader(proc.stdout)
+    try:
+        seen, hanging = reader.wait_for("HANGING IN SAVE 3", timeout_s=240)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        proc.stdout.close()
+    assert hanging, seen
+    assert "3" not in os.listdir(run_dir / "checkpoints")
+    train(config, output_dir=str(run_dir), resume=True)
+    assert params_equal(final, _final_params(config, run_dir))
+    resumed = read_metrics(run_dir)
+    assert [r["step"] for r in resumed] == [0, 1, 2, 3, 4]  # step 3's line, logged before the kill, replaced
+    assert [r.get("loss") for r in resumed] == [r.get("loss") for r in reference]
+
+
+def test_mesh_of_eight_devices_matches_one_device(tmp_path):
+    losses, params = [], []
+    for i, overrides in enumerate((["run.num_devices=1"], ["run.mesh=data:-1"], ["run.mesh=fsdp:4,tensor:2"])):
+        config = tiny_config("max_steps=3", "eval_examples=0", "save_steps=0", *overrides)
+        train(config, output_dir=str(tmp_path / str(i)))
+        losses.append([r["loss"] for r in read_metrics(tmp_path / str(i))])
+        params.append(_final_params(config, tmp_path / str(i)))
+    for other_losses, other_params in zip(losses[1:], params[1:]):
+        np.testing.assert_allclose(other_losses, losses[0], rtol=1e-4, atol=1e-6)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), params[0], other_params)
+
+
+def test_nothing_recompiles_after_warm_up(tmp_path):
+    """20 steps with prompts of varying length: compiles happen only the first time a length bucket is seen."""
+    config = tiny_config("max_steps=20", "data.difficulty=5", "data.batch_size=2", "data.max_prompt_length=32",
+                         "eval_steps=0", "save_steps=0", "eval_examples=0", "beta=0.04")
+    train(config, output_dir=str(tmp_path))
+    records = read_metrics(tmp_path)[1:] if read_metrics(tmp_path)[0]["step"] == 0 else read_metrics(tmp_path)
+    seen = set()
+    for r in records:
+        bucket = r["batch/prompt_length"]
+        if bucket in seen:
+            assert r["compile/new"] == 0, r["step"]
+        seen.add(bucket)
+    assert seen == {16, 32}  # both buckets were exercised
+    # per bucket: one sampler, one update, one log-prob program (old and reference share it)
+    assert records[-1]["compile/count"] <= 3 * len(seen)
+
+
+def _sevens(completions, **_):
+    return [c.count("7") / 4 for c in completions]
+
+
+def test_reward_rises_on_a_learnable_task(tmp_path):
+    config = tiny_config("max_steps=25", "eval_examples=0", "save_steps=0", "optimizer.learning_rate=1e-2", "beta=0",
+                         "plot=false", "tensorboard=false")
+    ctx = build_context(config, str(tmp_path))
+    ctx.specs = [RewardSpec(_sevens, name="math")]  # the task: write as many 7s as fit in 4 tokens
+    GRPOTrainer(ctx).run()
+    rewards = [r["reward/mean"] for r in read_metrics(tmp_path)]
+    assert np.mean(rewards[:3]) < 0.2 and np.mean(rewards[-3:]) > 0.6, rewards
+
+
+def test_dynamic_sampling_refills_with_informative_groups(tmp_path):
+    config = tiny_config("max_steps=2", "eval_examples=0", "save_steps=0", "dynamic_sampling=true",
+                         "max_resample_rounds=2")
+    ctx = build_context(config, str(tmp_path))
+    ctx.specs = [RewardSpec(lambda completions, **_: [float(c.startswith("1")) for c in completions], name="math")]
+    GRPOTrainer(ctx).run()
+    for r in read_metrics(tmp_path):
+        assert 1 <= r["dynamic/rounds"] <= 3
+        kept = min(r["dynamic/informative_groups"], 8)
+        assert r["dynamic/filled_with_zero_signal"] == 8 - kept
+        assert r["groups/zero_signal_frac"] == pytest.approx((8 - kept) / 8)
