@@ -25,7 +25,7 @@ def test_ci_runs_exactly_the_readme_test_command():
 def test_readme_main_command_uses_the_console_script():
     setup = (ROOT / "setup.py").read_text()
     assert '"grpo-jax=grpo_jax.cli:main"' in setup
-    assert any("grpo-jax demo" in block for block in _bash_blocks())
+    assert any("pip install -c constraints.txt . && grpo-jax train" in block for block in _bash_blocks())
 
 
 def test_readme_python_example_runs_and_gives_the_worked_example(capsys):

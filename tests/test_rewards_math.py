@@ -190,7 +190,7 @@ def test_timeout_in_the_main_thread():
     assert threading.current_thread() is threading.main_thread()
     start = time.perf_counter()
     assert math_reward([_slow_answer("a"), "#### 5"], answer=["1", "5"], timeout_seconds=1) == [0.0, 1.0]
-    assert time.perf_counter() - start < 4
+    assert time.perf_counter() - start < 10  # a 1 s limit per parse and per comparison, on a loaded 2-core CI box
 
 
 def test_timeout_in_a_worker_thread(caplog):
@@ -198,7 +198,7 @@ def test_timeout_in_a_worker_thread(caplog):
     with caplog.at_level(logging.WARNING, logger="grpo_jax.rewards.math"):
         result = _in_thread(lambda: math_reward([_slow_answer("b"), "#### 5"], answer=["1", "5"], timeout_seconds=1))
     assert result == [0.0, 1.0]
-    assert time.perf_counter() - start < 4
+    assert time.perf_counter() - start < 10
     assert any("completion 0 timed out" in r.getMessage() for r in caplog.records)
 
 

@@ -81,3 +81,16 @@ def test_cli_rejects_bad_config_before_building_anything():
     assert proc.returncode == 2
     assert "grpo-jax: error: grpo.beta=-1.0 is invalid: expected a number >= 0" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_default_run_builds_and_steps(tmp_path):
+    """The embedded default, shortened to 2 SFT steps and 2 GRPO steps (the full run is in the README)."""
+    from grpo_jax.metrics import read_metrics
+    from grpo_jax.trainer import train
+
+    config = apply_overrides(get_config(), ["sft.steps=2", "max_steps=2", "data.num_examples=2000", "progress=false",
+                                            "data.eval_examples=64", "num_iterations=2"])
+    last = train(config, output_dir=str(tmp_path))
+    assert 0.0 <= last["eval/accuracy"] <= 1.0 and last["compile/new"] == 0
+    assert [r["step"] for r in read_metrics(tmp_path / "sft")] == [0, 1, 2]
+    assert (tmp_path / "curves.png").exists() and (tmp_path / "checkpoints").is_dir()

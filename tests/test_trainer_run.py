@@ -148,8 +148,9 @@ def test_nothing_recompiles_after_warm_up(tmp_path):
             assert r["compile/new"] == 0, r["step"]
         seen.add(bucket)
     assert seen == {16, 32}  # both buckets were exercised
-    # per bucket: one sampler, one update, one log-prob program (old and reference share it)
-    assert records[-1]["compile/count"] <= 3 * len(seen)
+    # per bucket: one sampler, one update, one log-prob program (old and reference share it); compile/count is
+    # the process's total (other tests may have compiled before), compile/new this run's own
+    assert sum(r["compile/new"] for r in records) <= 3 * len(seen)
 
 
 def _sevens(completions, **_):

@@ -126,3 +126,15 @@ def test_update_donates_the_state_and_steps(mesh8):
     assert jax.tree.leaves(old_params)[0].is_deleted()
     assert np.isfinite(float(metrics["loss"])) and float(metrics["learning_rate"]) == pytest.approx(1e-2)
     assert dataclasses.is_dataclass(new_state)
+
+
+def test_logprobs_in_micro_batches_equal_one_pass(mesh8):
+    model = build_model(CONFIG, mesh8)
+    params = init_params(model, jax.random.key(2), mesh8)
+    b = _batch()
+    whole = make_logprobs_fn(model, mesh8, temperature=0.9)(params, b["input_ids"], b["attention_mask"], T)
+    parts = make_logprobs_fn(model, mesh8, temperature=0.9, micro_batches=4)(
+        params, b["input_ids"], b["attention_mask"], T)
+    expected = completion_logprobs(model, params, b["input_ids"], b["attention_mask"], T, temperature=0.9)
+    np.testing.assert_allclose(np.asarray(parts), np.asarray(whole), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(whole), np.asarray(expected), atol=1e-6)

@@ -121,7 +121,11 @@ class DataConfig:
     difficulty / num_examples: arithmetic difficulty level (ArithmeticConfig.from_difficulty) and task size;
       also the number of generated examples for reasoning_gym.
     dataset_name: reasoning_gym generator name.
-    eval_examples: examples held out for evaluation (a hash split of the task; 0 = no eval).
+    eval_examples: examples held out for evaluation (0 = no eval).
+    eval_split: "prompt": eval_examples distinct prompts, chosen by a seeded hash, that never occur in training
+      (generalisation to unseen prompts); "examples": a seeded random sample of eval_examples examples removed
+      from training, whose prompts may recur in training when the task repeats prompts (accuracy on the task's
+      distribution, e.g. single-digit sums where every prompt is seen in training anyway).
     batch_size: prompts per GRPO step (B); the step has B * num_generations completions.
     max_prompt_length: tokens; longer prompts are handled by ``overlong`` ("drop", "truncate", "error").
     chat_template / system_prompt: render prompts with the tokenizer's chat template.
@@ -136,6 +140,7 @@ class DataConfig:
     num_examples: int = 100_000
     dataset_name: str | None = None
     eval_examples: int = 256
+    eval_split: str = "prompt"
     batch_size: int = 16
     max_prompt_length: int = 64
     overlong: str = "drop"
@@ -148,6 +153,7 @@ class DataConfig:
         s = "data"
         _choice(s, self, "task", TASKS)
         _choice(s, self, "overlong", ("drop", "truncate", "error"))
+        _choice(s, self, "eval_split", ("prompt", "examples"))
         _positive(s, self, "batch_size", "max_prompt_length", "num_examples")
         _positive(s, self, "eval_examples", "difficulty", allow_zero=True)
         if self.task in ("gsm8k_jsonl", "math", "jsonl", "gsm8k_tfds"):

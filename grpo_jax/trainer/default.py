@@ -1,9 +1,17 @@
 """The embedded default run: ``grpo-jax train`` with no arguments.
 
-A small Qwen2-architecture model (about 0.4M parameters, character tokenizer) is trained from scratch on
-procedural two-operand arithmetic ("45 + 88 = ?", operands < 100, + and -) on one CPU: a short supervised
-warm-up on reference answers teaches the answer format and some arithmetic, then GRPO with the math reward
-(math-verify) raises held-out greedy accuracy. See the README for the numbers it reaches.
+A small Qwen2-architecture model (0.4M parameters, character tokenizer) is trained from scratch on
+single-digit addition and subtraction ("7 - 3 = ?") on one CPU:
+
+1. a short supervised warm-up (60 steps of 64 examples) on reference answers teaches the answer format and
+   some of the facts: greedy accuracy on held-out examples reaches about a quarter;
+2. GRPO (G = 8 completions for each of 64 prompts per step, mu = 4 passes, the math-verify reward, no KL)
+   then raises held-out greedy accuracy to about 0.8 in 120 steps.
+
+The eval holds out 256 examples of the task. The task has only about 155 distinct prompts, so the prompts
+of held-out examples also occur in training: the eval measures accuracy on the task's distribution. On
+prompts never seen in training (``data.eval_split=prompt``) a model this small does not generalise within
+the run; see the README.
 """
 
 from grpo_jax.trainer.config import (
@@ -16,12 +24,12 @@ def get_config() -> TrainConfig:
         name="default",
         model=ModelSpec(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                         intermediate_size=384, max_position_embeddings=64),
-        data=DataConfig(task="arithmetic", difficulty=2, num_examples=20_000, eval_examples=256, batch_size=32,
-                        max_prompt_length=16),
-        grpo=GRPOConfig(num_generations=8, num_iterations=1, beta=0.0, epsilon=0.2, max_completion_length=6,
+        data=DataConfig(task="arithmetic", difficulty=1, num_examples=20_000, eval_examples=256,
+                        eval_split="examples", batch_size=64, max_prompt_length=16),
+        grpo=GRPOConfig(num_generations=8, num_iterations=4, beta=0.0, epsilon=0.2, max_completion_length=6,
                         temperature=1.0, rewards=("math",), loss_type="dapo"),
-        optimizer=OptimizerConfig(learning_rate=3e-4, lr_scheduler_type="constant", warmup_steps=5,
+        optimizer=OptimizerConfig(learning_rate=2e-4, lr_scheduler_type="constant", warmup_steps=5,
                                   max_grad_norm=1.0),
-        sft=SFTConfig(steps=300, batch_size=64, learning_rate=2e-3),
-        run=RunConfig(max_steps=150, eval_steps=25, save_steps=50, eval_batch_size=256),
+        sft=SFTConfig(steps=60, batch_size=64, learning_rate=1e-3),
+        run=RunConfig(max_steps=120, eval_steps=20, save_steps=40, eval_batch_size=256),
     )

@@ -175,7 +175,8 @@ class GRPOTrainer:
             accumulation_steps=cfg.optimizer.gradient_accumulation_steps,
             token_weighted=self.g.aggregation == "token-mean", name="grpo_update",
         )
-        self.logprobs = make_logprobs_fn(ctx.model, ctx.mesh, self.g.temperature)
+        self.logprobs = make_logprobs_fn(ctx.model, ctx.mesh, self.g.temperature,
+                                         micro_batches=cfg.optimizer.gradient_accumulation_steps)
         self.metrics = MetricsWriter(ctx.output_dir, enabled=self.is_writer, tensorboard=cfg.run.tensorboard,
                                      progress=cfg.run.progress, total_steps=cfg.run.max_steps,
                                      resume_step=self.start_step if resume else None)
@@ -240,19 +241,20 @@ class GRPOTrainer:
         t1 = time.perf_counter()
         batch = rollout_lib.sequence_batch(r, mask_truncated=g.mask_truncated_completions)
         batch["advantages"] = advantages
-        t = batch["completion_mask"].shape[1]
-        if g.num_iterations > 1:
-            batch["old_logprobs"] = np.asarray(self.logprobs(self.state.params, batch["input_ids"],
-                                                             batch["attention_mask"], t))
-        else:
-            batch["old_logprobs"] = r.policy_logprobs
-        if g.beta > 0:
-            batch["ref_logprobs"] = np.asarray(self.logprobs(self.state.ref_params, batch["input_ids"],
-                                                             batch["attention_mask"], t))
-        t_logprobs = time.perf_counter() - t1
-        t2 = time.perf_counter()
         n = len(r.texts)
         size = n // g.num_minibatches
+
+        def logprobs_of(params) -> np.ndarray:  # minibatch by minibatch: no more memory than the update
+            t = batch["completion_mask"].shape[1]
+            return np.concatenate([np.asarray(self.logprobs(params, batch["input_ids"][m * size:(m + 1) * size],
+                                                            batch["attention_mask"][m * size:(m + 1) * size], t))
+                                   for m in range(g.num_minibatches)])
+
+        batch["old_logprobs"] = logprobs_of(self.state.params) if g.num_iterations > 1 else r.policy_logprobs
+        if g.beta > 0:
+            batch["ref_logprobs"] = logprobs_of(self.state.ref_params)
+        t_logprobs = time.perf_counter() - t1
+        t2 = time.perf_counter()
         history = []
         for _ in range(g.num_iterations):
             for m in range(g.num_minibatches):
@@ -268,7 +270,8 @@ class GRPOTrainer:
         grouped = r.rewards.reshape(-1, g.num_generations)
         out = {
             "reward/mean": float(r.rewards.mean()), "reward/std": float(r.rewards.std()),
-            **{f"reward/{k}/mean": float(v.mean()) for k, v in r.per_reward.items()},
+            **{f"reward/{k}/{stat}": float(getattr(v, stat)()) for k, v in r.per_reward.items()
+               for stat in ("mean", "std")},
             "reward/failures": len(r.failures), "accuracy": float(solved.mean()),
             "groups/zero_signal_frac": float(np.mean(np.all(grouped == grouped[:, :1], axis=1))),
             "advantage/mean": float(advantages.mean()), "advantage/std": float(advantages.std()),

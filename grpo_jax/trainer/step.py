@@ -63,12 +63,23 @@ def batch_sharding(mesh: Mesh, shape: tuple[int, ...]) -> NamedSharding:
     return logical_sharding(("batch",) + (None,) * (len(shape) - 1), shape, mesh)
 
 
-def make_logprobs_fn(model: Transformer, mesh: Mesh, temperature: float) -> Callable:
-    """jit(params, input_ids, attention_mask, completion_length) -> [N, T] log pi, rows sharded."""
+def split_micro(x: jax.Array, k: int) -> jax.Array:
+    """[M, ...] -> [K, M / K, ...]; micro-batch j takes rows j, K + j, 2K + j, ... so that every device keeps
+    an even share of each micro-batch when rows are sharded."""
+    return jnp.moveaxis(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 1, 0)
+
+
+def make_logprobs_fn(model: Transformer, mesh: Mesh, temperature: float, micro_batches: int = 1) -> Callable:
+    """jit(params, input_ids, attention_mask, completion_length) -> [M, T] log pi, rows sharded; computed
+    ``micro_batches`` rows-groups at a time (as the update does), so it needs no more memory than a micro-batch."""
     def program(params, input_ids, attention_mask, completion_length):
         _COMPILES["logprobs"] += 1
-        return completion_logprobs(model, params, input_ids, attention_mask, completion_length,
-                                   temperature=temperature)
+
+        def one(xs):
+            return completion_logprobs(model, params, *xs, completion_length, temperature=temperature)
+
+        out = jax.lax.map(one, (split_micro(input_ids, micro_batches), split_micro(attention_mask, micro_batches)))
+        return jnp.moveaxis(out, 0, 1).reshape(input_ids.shape[0], completion_length)
 
     jitted = jax.jit(program, static_argnums=(3,))
 
@@ -79,7 +90,7 @@ def make_logprobs_fn(model: Transformer, mesh: Mesh, temperature: float) -> Call
     return run
 
 
-# ---- objectives: (logprobs, entropy, micro-batch) -> (loss, metrics) ----------------------------------
+# ---- objectives: (log-probabilities [N, T], micro-batch) -> (loss, metrics) ------------------------------
 
 def grpo_objective(config: GRPOConfig) -> Callable:
     """The GRPO loss of one micro-batch with the config's options (grpo_jax.losses.grpo_loss)."""
@@ -123,9 +134,8 @@ def make_update_fn(model: Transformer, optimizer: optax.GradientTransformation, 
     def program(state: TrainState, batch: dict[str, jax.Array]):
         _COMPILES[name] += 1
         t = batch["completion_mask"].shape[1]
-        # micro-batch j takes rows j, K + j, 2K + j, ...: every device keeps an even share of each micro-batch
-        micro = jax.tree.map(lambda x: jnp.moveaxis(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 1, 0), batch)
-        micro_masks = jnp.moveaxis(batch["completion_mask"].reshape(-1, k, t), 1, 0)
+        micro = jax.tree.map(lambda x: split_micro(x, k), batch)
+        micro_masks = micro["completion_mask"]
         weights = {"loss": micro_batch_weights(micro_masks, k, token_weighted),
                    "tokens": micro_batch_weights(micro_masks, k, True),
                    "rows": micro_batch_weights(micro_masks, k, False)}

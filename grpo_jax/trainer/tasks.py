@@ -17,6 +17,8 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 
+import numpy as np
+
 from grpo_jax.data import ArithmeticConfig, ArithmeticTask, Example, load_gsm8k_jsonl, load_humaneval, load_math
 from grpo_jax.data.example import prompt_text
 from grpo_jax.data.iteration import Subset, hash_unit
@@ -47,13 +49,22 @@ def load_examples(data: DataConfig) -> Sequence[Example]:
 
 
 def train_eval_split(data: DataConfig, examples: Sequence[Example]) -> tuple[Sequence[Example], Sequence[Example]]:
-    """(train, eval): ``data.eval_examples`` distinct prompts held out, chosen by a seeded hash of the prompt.
+    """(train, eval) by ``data.eval_split``.
 
-    Every training example whose prompt equals a held-out one is removed from training too, so the eval
-    measures generalisation even on small procedural tasks where the same prompt occurs many times.
+    "prompt": ``data.eval_examples`` distinct prompts held out, chosen by a seeded hash of the prompt; every
+    training example whose prompt equals a held-out one is removed from training too, so the eval measures
+    generalisation even on small procedural tasks where the same prompt occurs many times.
+    "examples": a seeded random sample of examples held out (their prompts may recur in training).
     """
     if data.eval_examples == 0:
         return examples, []
+    if data.eval_split == "examples":
+        if len(examples) <= data.eval_examples:
+            raise ConfigError(f"data.eval_examples={data.eval_examples} leaves none of the {len(examples)} "
+                              "examples for training")
+        chosen = np.random.default_rng([data.seed, 0xE7A1]).permutation(len(examples))[: data.eval_examples]
+        held = set(chosen.tolist())
+        return Subset(examples, [i for i in range(len(examples)) if i not in held]), Subset(examples, sorted(held))
     first_index: dict[str, int] = {}
     prompts = []
     for i in range(len(examples)):
