@@ -178,3 +178,11 @@ def test_dynamic_sampling_refills_with_informative_groups(tmp_path):
         kept = min(r["dynamic/informative_groups"], 8)
         assert r["dynamic/filled_with_zero_signal"] == 8 - kept
         assert r["groups/zero_signal_frac"] == pytest.approx((8 - kept) / 8)
+
+
+def test_process_supervision_trains_with_token_advantages(tmp_path):
+    config = tiny_config("max_steps=2", "eval_examples=0", "save_steps=0", "grpo.step_reward=arithmetic_steps",
+                         "plot=false")
+    train(config, output_dir=str(tmp_path))
+    for r in read_metrics(tmp_path):
+        assert np.isfinite(r["loss"]) and abs(r["advantage/mean"]) < 1.5

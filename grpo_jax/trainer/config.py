@@ -46,6 +46,7 @@ LOSS_TYPES = {"grpo": "seq-mean-token-mean", "dapo": "token-mean", "bnpo": "toke
               "dr_grpo": "seq-mean-token-sum-norm", **{a: a for a in AGGREGATIONS}}
 TASKS = ("arithmetic", "gsm8k_jsonl", "gsm8k_tfds", "math", "humaneval", "reasoning_gym", "jsonl")
 REWARDS = ("math", "format", "format_lenient", "code", "reasoning_gym")
+STEP_REWARDS = ("arithmetic_steps",)
 SCHEDULES = ("constant", "cosine", "linear")
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -182,6 +183,9 @@ class GRPOConfig:
     rewards / reward_weights: reward functions by name (see REWARDS) and their weights.
     accuracy_reward: the reward whose value 1 means "solved" (accuracy, pass@1, maj@k); default: the first.
     overlong_penalty: add DAPO's soft overlong penalty with a buffer of ``overlong_buffer`` tokens.
+    step_reward: process supervision (DeepSeekMath 4.1.3): a step reward from STEP_REWARDS scores each step of
+      a completion and the completion's end counts as a last step rewarded with the total outcome reward;
+      token advantages come from grpo_jax.losses.process_advantages. None = outcome supervision.
     max_completion_length, temperature, top_p, top_k: sampling.
     stop_strings_as_eos: not supported; extra stop token ids go in ``extra_eos_token_ids``.
     """
@@ -205,6 +209,7 @@ class GRPOConfig:
     accuracy_reward: str | None = None
     overlong_penalty: bool = False
     overlong_buffer: int = 64
+    step_reward: str | None = None
     max_completion_length: int = 256
     temperature: float = 1.0
     top_p: float = 1.0
@@ -232,6 +237,8 @@ class GRPOConfig:
         if self.reward_weights is not None:
             _require(len(self.reward_weights) == len(self.rewards), s, "reward_weights", self.reward_weights,
                      f"one weight per reward ({len(self.rewards)}: {self.rewards})")
+        if self.step_reward is not None:
+            _choice(s, self, "step_reward", STEP_REWARDS)
         if self.accuracy_reward is not None:
             _require(self.accuracy_reward in self.rewards, s, "accuracy_reward", self.accuracy_reward,
                      f"one of the configured rewards {self.rewards}")

@@ -32,7 +32,7 @@ import numpy as np
 from grpo_jax import sampling as sampling_lib
 from grpo_jax.checkpoint import Checkpointer
 from grpo_jax.data import Example, PromptStream
-from grpo_jax.losses import group_advantages
+from grpo_jax.losses import group_advantages, process_advantages
 from grpo_jax.metrics import MetricsWriter, plot_metrics, read_metrics, summarize
 from grpo_jax.sampling import SamplingConfig, bucket_size
 from grpo_jax.sharding import make_mesh
@@ -43,7 +43,7 @@ from grpo_jax.trainer.evaluation import SOLVED, evaluate
 from grpo_jax.trainer.sft import run_sft
 from grpo_jax.trainer.state import abstract_state, build_optimizer, create_state, state_shardings
 from grpo_jax.trainer.step import compile_counts, grpo_objective, make_logprobs_fn, make_update_fn
-from grpo_jax.trainer.tasks import load_examples, reward_specs, train_eval_split
+from grpo_jax.trainer.tasks import load_examples, reward_specs, step_reward_fn, train_eval_split
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +140,7 @@ class GRPOTrainer:
         self.ctx = ctx
         cfg = ctx.config
         self.g = cfg.grpo
+        self.step_reward = step_reward_fn(cfg.grpo)
         self.is_writer = jax.process_index() == 0
         total_updates = cfg.run.max_steps * self.g.num_iterations * self.g.num_minibatches
         self.optimizer, self.schedule = build_optimizer(cfg.optimizer, total_updates)
@@ -237,7 +238,14 @@ class GRPOTrainer:
         key = jax.random.fold_in(jax.random.wrap_key_data(self.state.rng), step)
         compiles_before = total_compiles()
         r, dyn_stats = self._sample(key)
-        advantages = np.asarray(group_advantages(jnp.asarray(r.rewards), g.num_generations, scale=g.scale_rewards))
+        if self.step_reward is None:
+            advantages = np.asarray(group_advantages(jnp.asarray(r.rewards), g.num_generations,
+                                                     scale=g.scale_rewards))
+        else:  # process supervision: per-token advantages from step rewards
+            steps = self.step_reward(r.texts, **rollout_lib.example_columns(r.examples, g.num_generations))
+            step_rewards, step_ends = rollout_lib.step_arrays(self.ctx.tokenizer, r, steps)
+            advantages = np.asarray(process_advantages(step_rewards, step_ends, r.completion_mask,
+                                                       g.num_generations))
         t1 = time.perf_counter()
         batch = rollout_lib.sequence_batch(r, mask_truncated=g.mask_truncated_completions)
         batch["advantages"] = advantages
@@ -266,6 +274,8 @@ class GRPOTrainer:
         if g.ref_model_sync_steps and step % g.ref_model_sync_steps == 0 and self.state.ref_params is not None:
             self.state = self.state.replace(ref_params=jax.tree.map(jnp.copy, self.state.params))
         lengths = r.completion_mask.sum(axis=1)
+        # per completion (outcome) or per completion token (process supervision)
+        adv_values = advantages if advantages.ndim == 1 else advantages[r.completion_mask > 0]
         solved = r.per_reward[g.accuracy_reward_name] >= SOLVED
         grouped = r.rewards.reshape(-1, g.num_generations)
         out = {
@@ -274,8 +284,8 @@ class GRPOTrainer:
                for stat in ("mean", "std")},
             "reward/failures": len(r.failures), "accuracy": float(solved.mean()),
             "groups/zero_signal_frac": float(np.mean(np.all(grouped == grouped[:, :1], axis=1))),
-            "advantage/mean": float(advantages.mean()), "advantage/std": float(advantages.std()),
-            "advantage/abs_mean": float(np.abs(advantages).mean()),
+            "advantage/mean": float(adv_values.mean()), "advantage/std": float(adv_values.std()),
+            "advantage/abs_mean": float(np.abs(adv_values).mean()),
             **update,
             "completion/length_mean": float(lengths.mean()), "completion/length_max": int(lengths.max()),
             "completion/truncated_frac": float(1.0 - r.finished.mean()),

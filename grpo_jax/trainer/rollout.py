@@ -163,3 +163,43 @@ def sequence_batch(r: Rollout, *, mask_truncated: bool) -> dict[str, np.ndarray]
         "attention_mask": np.concatenate([prompt_mask, r.completion_mask], axis=1).astype(np.int32),
         "completion_mask": loss_mask,
     }
+
+
+def token_end(tokenizer: Any, tokens: Sequence[int], char_end: int) -> int:
+    """Index of the token whose decoded prefix first reaches ``char_end`` characters (clipped to the last
+    token): where a step that ends at that character offset of the completion's text ends."""
+    lo, hi = 0, len(tokens) - 1
+    while lo < hi:  # the decoded length of a prefix grows with the prefix: binary search
+        mid = (lo + hi) // 2
+        if len(tokenizer.decode(list(tokens[:mid + 1]), skip_special_tokens=True)) >= char_end:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def step_arrays(tokenizer: Any, r: Rollout,
+                steps: Sequence[Sequence[tuple[int, float]]]) -> tuple[np.ndarray, np.ndarray]:
+    """Step rewards [N, S] and their last-token indices [N, S] (-1 = padding) for process_advantages.
+
+    ``steps[i]`` are completion i's ``(end character, reward)`` pairs; the completion's end is appended as a
+    final step rewarded with its total outcome reward. A completion without tokens has no steps.
+    """
+    n = len(r.texts)
+    per_row: list[list[tuple[int, float]]] = []
+    for i in range(n):
+        length = int(r.completion_mask[i].sum())
+        if length == 0:
+            per_row.append([])
+            continue
+        tokens = r.tokens[i, :length].tolist()
+        ends = [(token_end(tokenizer, tokens, end), float(reward)) for end, reward in steps[i]]
+        ends.append((length - 1, float(r.rewards[i])))
+        per_row.append(ends)
+    s = max(1, max(len(row) for row in per_row))
+    rewards = np.zeros((n, s), np.float32)
+    positions = np.full((n, s), -1, np.int32)
+    for i, row in enumerate(per_row):
+        for j, (end, reward) in enumerate(row):
+            rewards[i, j], positions[i, j] = reward, end
+    return rewards, positions

@@ -23,6 +23,7 @@ from grpo_jax.data import ArithmeticConfig, ArithmeticTask, Example, load_gsm8k_
 from grpo_jax.data.example import prompt_text
 from grpo_jax.data.iteration import Subset, hash_unit
 from grpo_jax.rewards import RewardSpec, code_reward, format_reward, math_reward
+from grpo_jax.rewards.steps import arithmetic_step_rewards
 from grpo_jax.trainer.config import ConfigError, DataConfig, GRPOConfig
 
 
@@ -100,3 +101,12 @@ def reward_specs(grpo: GRPOConfig) -> list[RewardSpec]:
         raise ConfigError(f"grpo.rewards: unknown reward {name!r}")
 
     return [RewardSpec(make(name), weight=w, name=name) for name, w in zip(grpo.rewards, grpo.weights)]
+
+
+def step_reward_fn(grpo: GRPOConfig):
+    """The configured step reward function (process supervision), or None."""
+    if grpo.step_reward is None:
+        return None
+    if grpo.step_reward == "arithmetic_steps":
+        return arithmetic_step_rewards
+    raise ConfigError(f"grpo.step_reward: unknown step reward {grpo.step_reward!r}")
