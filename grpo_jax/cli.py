@@ -46,11 +46,15 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _config_from(args: argparse.Namespace):
+    from grpo_jax import distributed
     from grpo_jax.trainer import apply_overrides, load_config
     from grpo_jax.trainer.default import get_config
 
-    config = load_config(args.config) if args.config else get_config()
-    return apply_overrides(config, args.overrides)
+    config = apply_overrides(load_config(args.config) if args.config else get_config(), args.overrides)
+    # join the other hosts (if any) after the config is known to be valid and before any JAX call
+    distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
+                           auto=True if args.distributed_auto else None)
+    return config
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -135,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     def run_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--config", help="a recipe file defining get_config() (default: the embedded default run)")
+        p.add_argument("--coordinator-address", help="multi-host: host:port of process 0 (see grpo_jax.distributed)")
+        p.add_argument("--num-processes", type=int, help="multi-host: number of processes")
+        p.add_argument("--process-id", type=int, help="multi-host: this process's index")
+        p.add_argument("--distributed-auto", action="store_true",
+                       help="multi-host: let JAX detect the cluster (Cloud TPU VM pod slices)")
         p.add_argument("--output-dir", help="where outputs go (default: run.output_dir or runs/<name>-<time>)")
         p.add_argument("overrides", nargs="*", help="field=value overrides, e.g. grpo.beta=0 max_steps=20")
 

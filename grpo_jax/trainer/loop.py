@@ -32,6 +32,7 @@ import numpy as np
 from grpo_jax import sampling as sampling_lib
 from grpo_jax.checkpoint import Checkpointer
 from grpo_jax.data import Example, PromptStream
+from grpo_jax.distributed import to_host
 from grpo_jax.losses import group_advantages, process_advantages
 from grpo_jax.metrics import MetricsWriter, plot_metrics, read_metrics, summarize
 from grpo_jax.sampling import SamplingConfig, bucket_size
@@ -91,6 +92,9 @@ class RunContext:
 def build_context(config: TrainConfig, output_dir: str | None = None) -> RunContext:
     """Build the run's pieces (nothing is compiled yet). Data and config errors surface here."""
     g, d = config.grpo, config.data
+    if jax.process_count() > 1 and not (output_dir or config.run.output_dir):
+        raise ValueError("a multi-host run needs --output-dir (run.output_dir): one path every host sees; "
+                         "the default runs/<name>-<time> would differ between hosts")
     devices = jax.devices()
     if config.run.num_devices > len(devices):
         raise ValueError(f"run.num_devices={config.run.num_devices} but only {len(devices)} devices are available")
@@ -254,8 +258,8 @@ class GRPOTrainer:
 
         def logprobs_of(params) -> np.ndarray:  # minibatch by minibatch: no more memory than the update
             t = batch["completion_mask"].shape[1]
-            return np.concatenate([np.asarray(self.logprobs(params, batch["input_ids"][m * size:(m + 1) * size],
-                                                            batch["attention_mask"][m * size:(m + 1) * size], t))
+            return np.concatenate([to_host(self.logprobs(params, batch["input_ids"][m * size:(m + 1) * size],
+                                                         batch["attention_mask"][m * size:(m + 1) * size], t))
                                    for m in range(g.num_minibatches)])
 
         batch["old_logprobs"] = logprobs_of(self.state.params) if g.num_iterations > 1 else r.policy_logprobs
@@ -268,7 +272,7 @@ class GRPOTrainer:
             for m in range(g.num_minibatches):
                 minibatch = {k: v[m * size:(m + 1) * size] for k, v in batch.items()}
                 self.state, update_metrics = self.update(self.state, minibatch)
-                history.append(jax.device_get(update_metrics))
+                history.append({k: to_host(v) for k, v in update_metrics.items()})
         update = _mean_metrics(history)
         t_update = time.perf_counter() - t2
         if g.ref_model_sync_steps and step % g.ref_model_sync_steps == 0 and self.state.ref_params is not None:

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from grpo_jax.data import Example
+from grpo_jax.distributed import to_host
 from grpo_jax.models.tokenizer import render_prompt
 from grpo_jax.rewards import RewardFailure, RewardSpec, overlong_penalty, score
 from grpo_jax.sampling import SampleResult, SamplingConfig, bucket_size, generate
@@ -98,7 +99,7 @@ def rollout(model, params, tokenizer, examples: list[Example], key: jax.Array, s
     ids, mask = encode_prompts(tokenizer, prompt_texts, buckets=sampling.prompt_length_buckets,
                                pad_id=sampling.pad_token_id, add_special_tokens=add_special_tokens)
     result: SampleResult = generate(model, params, ids, mask, key, sampling)
-    tokens, cmask, plp, finished = (np.asarray(jax.device_get(x)) for x in
+    tokens, cmask, plp, finished = (to_host(x) for x in
                                     (result.tokens, result.mask, result.policy_logprobs, result.finished))
     texts = decode_completions(tokenizer, tokens, cmask)
     t1 = time.perf_counter()

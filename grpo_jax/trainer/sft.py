@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from grpo_jax.data import PromptStream
+from grpo_jax.distributed import to_host
 from grpo_jax.metrics import MetricsWriter
 from grpo_jax.trainer.config import OptimizerConfig
 from grpo_jax.trainer.rollout import encode_prompts
@@ -72,7 +73,7 @@ def run_sft(ctx: "RunContext", params: Any) -> Any:
             writer.write(0, before)
         for step in range(1, cfg.steps + 1):
             state, metrics = update(state, sft_batch(ctx, stream.next_batch(), cfg.answer_field))
-            record = {f"sft/{k}": float(v) for k, v in jax.device_get(metrics).items()}
+            record = {f"sft/{k}": float(to_host(v)) for k, v in metrics.items()}
             if step == cfg.steps:
                 record.update(ctx.eval_metrics(state.params, key))
             writer.write(step, record)

@@ -1,0 +1,129 @@
+"""Two processes on localhost, each with 4 CPU devices, joined by jax.distributed (gloo), train on one
+global 8-device mesh exactly like one process with 8 devices; they checkpoint and resume together; if one
+dies, the other fails with an error within the heartbeat timeout instead of hanging."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from grpo_jax.metrics import read_metrics
+from grpo_jax.trainer import build_context, restore_params, train
+from subprocess_lines import LineReader
+from trainer_runs import tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = ["max_steps=3", "eval_steps=0", "save_steps=1", "run.mesh=data:2,fsdp:4", "num_iterations=2"]
+
+_DRIVER = """
+import sys
+from grpo_jax import distributed
+distributed.initialize()
+from trainer_runs import tiny_config
+from grpo_jax.trainer import train
+resume = sys.argv[2] == "resume"
+print("STARTED", flush=True)
+train(tiny_config(*sys.argv[3:]), output_dir=sys.argv[1], resume=resume)
+print("DONE", flush=True)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _launch(tmp_path, run_dir, mode, overrides, heartbeat_s=60):
+    driver = tmp_path / "driver.py"
+    driver.write_text(_DRIVER)
+    port = _free_port()
+    procs = []
+    for pid in range(2):
+        env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+                   GRPO_JAX_COORDINATOR_ADDRESS=f"localhost:{port}", GRPO_JAX_NUM_PROCESSES="2",
+                   GRPO_JAX_PROCESS_ID=str(pid), GRPO_JAX_HEARTBEAT_TIMEOUT_S=str(heartbeat_s),
+                   PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
+        procs.append(subprocess.Popen([sys.executable, str(driver), str(run_dir), mode, *overrides], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path))
+    return procs
+
+
+def _finish(procs, timeout=600):
+    outputs = []
+    for p in procs:
+        out, _ = p.communicate(timeout=timeout)
+        outputs.append(out)
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out[-3000:]
+    return outputs
+
+
+def _params(config, run_dir):
+    return jax.device_get(restore_params(build_context(config, str(run_dir)))[0])
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("one-process")
+    config = tiny_config(*RUN)
+    train(config, output_dir=str(run_dir))
+    return config, read_metrics(run_dir), _params(config, run_dir)
+
+
+def _assert_same_run(one_process, run_dir):
+    config, records, params = one_process
+    two = read_metrics(run_dir)
+    assert [r["step"] for r in two] == [r["step"] for r in records]
+    for a, b in zip(records[1:], two[1:]):
+        np.testing.assert_allclose([b["loss"], b["reward/mean"]], [a["loss"], a["reward/mean"]],
+                                   rtol=1e-4, atol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), params, _params(config, run_dir))
+
+
+def test_two_processes_train_like_one(one_process, tmp_path):
+    run_dir = tmp_path / "run"
+    _finish(_launch(tmp_path, run_dir, "fresh", RUN))
+    _assert_same_run(one_process, run_dir)
+    assert sorted(os.listdir(run_dir / "checkpoints"))[-1] == "3"
+
+
+def test_two_processes_checkpoint_and_resume(one_process, tmp_path):
+    run_dir = tmp_path / "run"
+    _finish(_launch(tmp_path, run_dir, "fresh", [*RUN, "max_steps=2"]))
+    _finish(_launch(tmp_path, run_dir, "resume", RUN))
+    _assert_same_run(one_process, run_dir)
+
+
+def test_a_dead_peer_is_an_error_not_a_hang(tmp_path):
+    heartbeat = 10
+    procs = _launch(tmp_path, tmp_path / "run", "fresh", [*RUN, "max_steps=1000", "save_steps=0"],
+                    heartbeat_s=heartbeat)
+    readers = [LineReader(p.stdout) for p in procs]
+    try:
+        for reader in readers:
+            _, started = reader.wait_for("STARTED", timeout_s=120)
+            assert started
+        time.sleep(15)  # let both compile and train a few steps
+        procs[1].send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        procs[0].wait(timeout=heartbeat * 6 + 60)
+        waited = time.monotonic() - killed_at
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert procs[0].returncode != 0
+    assert waited < heartbeat * 6 + 60
+    lines, _ = readers[0].wait_for("\0", timeout_s=5)
+    text = "\n".join(lines)
+    assert "DONE" not in text
+    assert "heartbeat" in text.lower(), text[-3000:]  # JAX names the task that stopped sending heartbeats
