@@ -50,6 +50,47 @@ def make_mesh(axes: Mapping[str, int], *, devices: Sequence[jax.Device] | None =
     )
 
 
+def make_hybrid_mesh(ici: Mapping[str, int], dcn: Mapping[str, int], *,
+                     devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A multi-slice mesh: ``ici`` axes within a slice (fast interconnect), ``dcn`` axes across slices.
+
+    Each mesh axis has size ici[axis] * dcn[axis] (missing = 1). Slices are the devices' ``slice_index``
+    (Cloud TPU multi-slice); when all devices share one slice index (GPUs, CPUs, one TPU slice) they are
+    grouped by host process instead, so ``dcn`` then spans hosts. One ``ici`` size may be -1 (the rest of a
+    slice). Raises ValueError naming the shapes and the device count when they do not fit.
+    """
+    from jax.experimental import mesh_utils
+
+    devices = list(jax.devices() if devices is None else devices)
+    names = tuple(dict.fromkeys([*ici, *dcn]))
+    dcn_shape = [int(dcn.get(n, 1)) for n in names]
+    if any(s < 1 for s in dcn_shape):
+        raise ValueError(f"make_hybrid_mesh: dcn sizes must be >= 1, got {dict(dcn)}")
+    slices = math.prod(dcn_shape)
+    if len(devices) % slices:
+        raise ValueError(f"make_hybrid_mesh: {len(devices)} devices cannot form {slices} slices (dcn {dict(dcn)})")
+    per_slice = len(devices) // slices
+    ici_shape = [int(ici.get(n, 1)) for n in names]
+    if ici_shape.count(-1) > 1 or any(s == 0 or s < -1 for s in ici_shape):
+        raise ValueError(f"make_hybrid_mesh: ici sizes must be positive (one may be -1), got {dict(ici)}")
+    if -1 in ici_shape:
+        known = math.prod(s for s in ici_shape if s != -1)
+        ici_shape[ici_shape.index(-1)] = per_slice // known if per_slice % known == 0 else -1
+    if math.prod(ici_shape) != per_slice:
+        raise ValueError(
+            f"make_hybrid_mesh: ici {dict(ici)} does not fill a slice of {per_slice} devices "
+            f"({len(devices)} devices in {slices} slices, dcn {dict(dcn)})"
+        )
+    tpu_slices = len({getattr(d, "slice_index", 0) for d in devices})
+    hosts = len({d.process_index for d in devices})
+    by_process = tpu_slices == 1
+    if (hosts if by_process else tpu_slices) != slices:
+        raise ValueError(f"make_hybrid_mesh: dcn {dict(dcn)} needs {slices} slices but the devices form "
+                         f"{tpu_slices} slice(s) by slice_index and {hosts} host process(es)")
+    grid = mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices, process_is_granule=by_process)
+    return Mesh(grid, names, axis_types=(AxisType.Auto,) * len(names))
+
+
 # ---- logical axes -> mesh axes ----------------------------------------------------------------------
 #
 # Parameters and activations name their axes logically; this one table says which mesh axes each name

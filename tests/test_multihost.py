@@ -95,6 +95,13 @@ def test_two_processes_train_like_one(one_process, tmp_path):
     assert sorted(os.listdir(run_dir / "checkpoints"))[-1] == "3"
 
 
+def test_two_hosts_as_two_slices(one_process, tmp_path):
+    """run.dcn_mesh: the data axis across the hosts (DCN), fsdp within each host (ICI)."""
+    run_dir = tmp_path / "run"
+    _finish(_launch(tmp_path, run_dir, "fresh", [*RUN, "run.mesh=fsdp:4", "run.dcn_mesh=data:2"]))
+    _assert_same_run(one_process, run_dir)
+
+
 def test_two_processes_checkpoint_and_resume(one_process, tmp_path):
     run_dir = tmp_path / "run"
     _finish(_launch(tmp_path, run_dir, "fresh", [*RUN, "max_steps=2"]))

@@ -1,6 +1,7 @@
 """TrainConfig: validation at construction, command-line overrides, recipes and round trips."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -94,3 +95,22 @@ def test_default_run_builds_and_steps(tmp_path):
     assert 0.0 <= last["eval/accuracy"] <= 1.0 and last["compile/new"] == 0
     assert [r["step"] for r in read_metrics(tmp_path / "sft")] == [0, 1, 2]
     assert (tmp_path / "curves.png").exists() and (tmp_path / "checkpoints").is_dir()
+
+
+def test_mesh_presets_and_shapes_checked_before_anything_compiles():
+    from grpo_jax import sampling
+    from grpo_jax.trainer import build_context
+    from grpo_jax.trainer.config import parse_mesh
+    from grpo_jax.trainer.step import compile_counts
+
+    assert parse_mesh("dp") == {"data": -1} and parse_mesh("fsdp_tp2") == {"fsdp": -1, "tensor": 2}
+    before = (sampling.compile_count(), compile_counts())
+    for overrides, message in ((["run.mesh=fsdp:3"], "mesh {'fsdp': 3} needs 3 devices but 8 are available"),
+                               (["run.mesh=fsdp:-1,tensor:3"],
+                                "8 devices are not divisible by the fixed axes' product 3"),
+                               (["run.mesh=fsdp:-1", "run.dcn_mesh=data:2"],
+                                "dcn {'data': 2} needs 2 slices but the devices form 1 slice(s) by slice_index "
+                                "and 1 host process(es)")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            build_context(apply_overrides(TrainConfig(), overrides), "/tmp/unused")
+    assert (sampling.compile_count(), compile_counts()) == before

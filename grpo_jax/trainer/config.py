@@ -312,7 +312,11 @@ class RunConfig:
 
     max_steps: GRPO steps. seed: everything random (init, sampling) derives from it.
     mesh: device mesh as "axis:size,..." over data / fsdp / tensor, one size may be -1 (the rest), e.g.
-      "data:-1" (default, data parallel), "fsdp:-1", "fsdp:4,tensor:2".
+      "data:-1" (default, data parallel), "fsdp:-1", "fsdp:4,tensor:2"; or a preset: "dp" (data:-1), "fsdp"
+      (fsdp:-1), "fsdp_tp2" / "fsdp_tp4" / "fsdp_tp8" (fsdp:-1 with tensor 2 / 4 / 8). The shape is checked
+      against the device count before anything is compiled.
+    dcn_mesh: multi-slice runs: the axes *across* slices (TPU multi-slice over DCN, or hosts for GPUs), e.g.
+      "data:2"; ``mesh`` is then the mesh *within* one slice. "" = one slice.
     num_devices: use the first N devices (0 = all of them).
     eval_steps: evaluate every N steps (0 = only at the start and the end); eval_batch_size: prompts per
       eval batch; eval_num_samples: k for maj@k with sampling (0 = greedy accuracy only).
@@ -325,6 +329,7 @@ class RunConfig:
     max_steps: int = 100
     seed: int = 0
     mesh: str = "data:-1"
+    dcn_mesh: str = ""
     num_devices: int = 0
     eval_steps: int = 20
     eval_batch_size: int = 64
@@ -342,30 +347,43 @@ class RunConfig:
         _positive(s, self, "max_steps", "eval_batch_size", "save_total_limit")
         _positive(s, self, "eval_steps", "eval_num_samples", "save_steps", "num_devices", allow_zero=True)
         parse_mesh(self.mesh)
+        if self.dcn_mesh:
+            dcn = parse_mesh(self.dcn_mesh, field="run.dcn_mesh")
+            _require(-1 not in dcn.values(), s, "dcn_mesh", self.dcn_mesh, "explicit sizes (no -1)")
 
     @property
     def mesh_axes(self) -> dict[str, int]:
         return parse_mesh(self.mesh)
 
+    @property
+    def dcn_mesh_axes(self) -> dict[str, int]:
+        return parse_mesh(self.dcn_mesh, field="run.dcn_mesh") if self.dcn_mesh else {}
 
-def parse_mesh(spec: str) -> dict[str, int]:
-    """ "fsdp:4,tensor:2" -> {"fsdp": 4, "tensor": 2}; raises ConfigError naming the problem."""
+
+MESH_PRESETS = {"dp": "data:-1", "fsdp": "fsdp:-1", "fsdp_tp2": "fsdp:-1,tensor:2", "fsdp_tp4": "fsdp:-1,tensor:4",
+                "fsdp_tp8": "fsdp:-1,tensor:8"}
+
+
+def parse_mesh(spec: str, *, field: str = "run.mesh") -> dict[str, int]:
+    """ "fsdp:4,tensor:2" (or a preset name from MESH_PRESETS) -> {"fsdp": 4, "tensor": 2}; raises ConfigError
+    naming the problem."""
+    spec = MESH_PRESETS.get(str(spec), spec)
     axes: dict[str, int] = {}
     for part in str(spec).split(","):
         name, sep, size = part.strip().partition(":")
         if not sep or name not in MESH_AXES or name in axes:
             raise ConfigError(
-                f"run.mesh={spec!r} is invalid: expected comma-separated 'axis:size' with distinct axes from "
-                f"{MESH_AXES}, e.g. 'data:-1' or 'fsdp:4,tensor:2'"
+                f"{field}={spec!r} is invalid: expected comma-separated 'axis:size' with distinct axes from "
+                f"{MESH_AXES}, e.g. 'data:-1' or 'fsdp:4,tensor:2', or a preset {sorted(MESH_PRESETS)}"
             )
         try:
             axes[name] = int(size)
         except ValueError:
-            raise ConfigError(f"run.mesh={spec!r}: size {size!r} of axis {name!r} is not an integer") from None
+            raise ConfigError(f"{field}={spec!r}: size {size!r} of axis {name!r} is not an integer") from None
         if axes[name] == 0 or axes[name] < -1:
-            raise ConfigError(f"run.mesh={spec!r}: axis {name!r} has size {axes[name]}; expected >= 1 or -1")
+            raise ConfigError(f"{field}={spec!r}: axis {name!r} has size {axes[name]}; expected >= 1 or -1")
     if list(axes.values()).count(-1) > 1:
-        raise ConfigError(f"run.mesh={spec!r}: at most one axis may be -1")
+        raise ConfigError(f"{field}={spec!r}: at most one axis may be -1")
     return axes
 
 

@@ -36,7 +36,7 @@ from grpo_jax.distributed import to_host
 from grpo_jax.losses import group_advantages, process_advantages
 from grpo_jax.metrics import MetricsWriter, plot_metrics, read_metrics, summarize
 from grpo_jax.sampling import SamplingConfig, bucket_size
-from grpo_jax.sharding import make_mesh
+from grpo_jax.sharding import make_hybrid_mesh, make_mesh
 from grpo_jax.trainer import rollout as rollout_lib
 from grpo_jax.trainer.build import build_policy
 from grpo_jax.trainer.config import TrainConfig
@@ -98,7 +98,11 @@ def build_context(config: TrainConfig, output_dir: str | None = None) -> RunCont
     devices = jax.devices()
     if config.run.num_devices > len(devices):
         raise ValueError(f"run.num_devices={config.run.num_devices} but only {len(devices)} devices are available")
-    mesh = make_mesh(config.run.mesh_axes, devices=devices[: config.run.num_devices or len(devices)])
+    devices = devices[: config.run.num_devices or len(devices)]
+    if config.run.dcn_mesh:
+        mesh = make_hybrid_mesh(config.run.mesh_axes, config.run.dcn_mesh_axes, devices=devices)
+    else:
+        mesh = make_mesh(config.run.mesh_axes, devices=devices)
     model, params, tokenizer, eos = build_policy(config.model, mesh, seed=config.run.seed,
                                                  extra_eos=g.extra_eos_token_ids)
     top = bucket_size(d.max_prompt_length, SamplingConfig.prompt_length_buckets)
