@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -261,7 +262,7 @@ def test_setup_ships_the_repository_and_the_install_command_works(fake_gcloud, t
 
 LAUNCH_ARGS = [*V4, "--config", RECIPE, "--output-dir", "gs://my-bucket/runs/gsm8k",
                "run.mesh=fsdp:-1", "max_steps=200", "data.system_prompt=Think it through; it's fine"]
-TRAIN_ARGV = ["train", "--config", RECIPE, "--output-dir", "gs://my-bucket/runs/gsm8k",
+TRAIN_ARGV = ["train", "--distributed-auto", "--config", RECIPE, "--output-dir", "gs://my-bucket/runs/gsm8k",
               "run.mesh=fsdp:-1", "max_steps=200", "data.system_prompt=Think it through; it's fine"]
 
 
@@ -278,6 +279,17 @@ def test_launch_copies_the_recipe_then_starts_the_same_command_on_all_workers():
     assert words[5 + len(TRAIN_ARGV):] == [">", "~/grpo_jax_train.log", "2>&1", "<", "/dev/null", "&"]
 
 
+def test_the_launched_arguments_are_ones_grpo_jax_train_accepts():
+    from grpo_jax.cli import build_parser
+
+    _, start = dry_run("launch", *LAUNCH_ARGS, "--resume")
+    words = shlex.split(remote_command(start))
+    args = build_parser().parse_args(words[words.index("nohup") + 2:words.index(">")])
+    assert args.command == "train" and args.distributed_auto and args.resume
+    assert args.config == RECIPE and args.output_dir == "gs://my-bucket/runs/gsm8k"
+    assert args.overrides == TRAIN_ARGV[6:]
+
+
 def test_launch_resume_env_log_file_and_a_recipe_from_outside_the_repository(tmp_path):
     recipe = tmp_path / "my recipe.py"
     recipe.write_text("")
@@ -286,14 +298,16 @@ def test_launch_resume_env_log_file_and_a_recipe_from_outside_the_repository(tmp
     assert copy[5:7] == [str(recipe), "my-tpu:grpo_jax/tpu_configs/my recipe.py"]
     words = shlex.split(remote_command(start))
     assert words[3:6] == ["mkdir", "-p", "~/logs"]
-    assert words[7:14] == ["XLA_FLAGS=--xla_a=1 --xla_b=2", "EMPTY=", "nohup", "~/grpo_jax_venv/bin/grpo-jax",
-                           "train", "--config", "tpu_configs/my recipe.py"]
-    assert words[14:18] == ["--output-dir", "runs/local", "--resume", ">"]
-    assert words[18] == "~/logs/a b.log"
+    assert words[7:15] == ["XLA_FLAGS=--xla_a=1 --xla_b=2", "EMPTY=", "nohup", "~/grpo_jax_venv/bin/grpo-jax",
+                           "train", "--distributed-auto", "--config", "tpu_configs/my recipe.py"]
+    assert words[15:19] == ["--output-dir", "runs/local", "--resume", ">"]
+    assert words[19] == "~/logs/a b.log"
 
 
 def test_launch_without_a_recipe_runs_the_default_and_copies_nothing():
     [start] = dry_run("launch", *V5E, "--output-dir", "gs://b/default")
+    assert "grpo-jax train --distributed-auto --output-dir gs://b/default >" in remote_command(start)
+    [start] = dry_run("launch", *V5E, "--output-dir", "gs://b/default", "--no-distributed-auto")
     assert "grpo-jax train --output-dir gs://b/default >" in remote_command(start)
 
 
@@ -359,7 +373,8 @@ def test_the_launch_command_with_env_and_a_log_file_in_a_new_directory_works(tmp
                        "--env", "GREETING=hello 'world' $HOME", "--log-file", "my logs/run 1.log")
     home = tmp_path / "home"
     argv, greeting = _play_worker_launch(remote_command(start), home, tmp_path)
-    assert argv == [str(home / "grpo_jax"), "train", "--config", RECIPE, "--output-dir", "gs://b/r"]
+    assert argv == [str(home / "grpo_jax"), "train", "--distributed-auto", "--config", RECIPE,
+                    "--output-dir", "gs://b/r"]
     assert greeting == "hello 'world' $HOME"
     assert _wait_for_lines(home / "my logs" / "run 1.log", 2) == ["training started", "to stderr"]
 
@@ -447,3 +462,26 @@ def test_the_stop_command_kills_the_training_process_and_spares_the_rest(tmp_pat
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+# ---------------------------------------------------------------------------------------------- README.md
+
+def test_the_readme_shows_the_commands_its_examples_produce():
+    if shlex.quote(str(ROOT)) != str(ROOT):
+        pytest.skip("the README's /path/to/grpo_jax stands for a path that needs no shell quoting")
+    readme = (SCRIPTS / "README.md").read_text()
+    examples = []
+    for block in re.findall(r"```bash\n(.*?)```", readme, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            if line.startswith("python tpu_scripts/"):
+                examples.append(shlex.split(line, comments=True))
+    assert len(examples) >= 10
+    produced = set()
+    for words in examples:
+        script = Path(words[1]).stem
+        produced.update("+ " + shlex.join(argv) for argv in dry_run(script, *words[2:]))
+    shown = [line.replace("/path/to/grpo_jax", str(ROOT))
+             for block in re.findall(r"```text\n(.*?)```", readme, re.S)
+             for line in block.splitlines() if line.startswith("+ ")]
+    assert len(shown) >= 15
+    assert [line for line in shown if line not in produced] == []
