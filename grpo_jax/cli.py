@@ -189,8 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.handler(args)
-    except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as e:
-        # configuration and input errors: one clear line, no traceback
+    except (ConfigError, ValueError, OSError) as e:
+        # configuration and input errors (bad values, missing or unreadable files): one clear line
         print(f"grpo-jax: error: {e}", file=sys.stderr)
         return 2
 

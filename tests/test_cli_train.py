@@ -67,3 +67,5 @@ def test_train_refuses_unknown_fields_and_existing_runs(tmp_path):
     assert proc.returncode == 2 and "no such file" in proc.stderr
     proc = run("eval", str(tmp_path))
     assert proc.returncode == 2 and "not a training run directory" in proc.stderr
+    proc = run("train", "data.task=gsm8k_jsonl", f"data.path={tmp_path}", f"--output-dir={tmp_path / 'run'}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and str(tmp_path) in proc.stderr

@@ -38,6 +38,14 @@ def test_split_errors():
         train_eval_split(data, load_examples(data))
 
 
+def test_rewards_must_find_their_fields():
+    from grpo_jax.trainer import ConfigError, TrainConfig, apply_overrides, build_context
+
+    config = apply_overrides(TrainConfig(), ["data.task=humaneval", "grpo.rewards=math", "eval_examples=4"])
+    with pytest.raises(ConfigError, match=r"'math', which reads the example field\(s\) \['answer'\]"):
+        build_context(config, "/tmp/unused")
+
+
 def test_reward_specs_follow_the_config():
     specs = reward_specs(GRPOConfig(rewards=("math", "format"), reward_weights=(1.0, 0.25)))
     assert [(s.name, s.weight) for s in specs] == [("math", 1.0), ("format", 0.25)]
@@ -90,6 +98,9 @@ def test_majority_vote():
     assert not majority_correct(["#### 5", "#### 4", "#### 5"], np.array([False, True, False]))
     assert not majority_correct(["no answer", "none"], np.array([False, False]))
     assert majority_correct(["#### 4", "#### 5"], np.array([True, False]))  # a tie goes to the first seen
+    # equivalent answers are one vote: three right ones ("18", "18.00", "$18") beat two "17"s
+    texts = ["#### 18.00", "#### 18", "#### 17", "#### 17", "#### $18"]
+    assert majority_correct(texts, np.array([True, True, False, False, True]))
 
 
 def test_schedules():

@@ -75,6 +75,23 @@ def test_resume_after_a_crash_is_bit_identical(uninterrupted, tmp_path, monkeypa
     assert params_equal(final, _final_params(config, tmp_path))
 
 
+def test_resume_with_only_the_first_checkpoint(tmp_path, monkeypatch):
+    """Killed after the step-0 checkpoint (the end of the warm-up) but before the first periodic one."""
+    config = tiny_config("save_steps=0", "max_steps=2", "eval_examples=0", "plot=false")
+    original = GRPOTrainer.step
+
+    def crash_at_1(self, step):
+        raise KeyboardInterrupt("simulated crash")
+
+    monkeypatch.setattr(GRPOTrainer, "step", crash_at_1)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, output_dir=str(tmp_path))
+    monkeypatch.setattr(GRPOTrainer, "step", original)
+    train(config, output_dir=str(tmp_path), resume=True)
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]
+    assert sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()) == [0, 2]
+
+
 def test_resume_refuses_a_changed_algorithm(uninterrupted, tmp_path):
     config, run_dir, _, _ = uninterrupted
     changed = tiny_config("save_steps=1", "num_iterations=2", "grpo.beta=0.1")

@@ -57,6 +57,32 @@ def _require(ok: bool, section: str, field: str, value: Any, expected: str) -> N
         raise ConfigError(f"{section}.{field}={value!r} is invalid: expected {expected}")
 
 
+def _is_optional(tp: Any) -> tuple[bool, Any]:
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return True, rest[0]
+    return False, tp
+
+
+def _check_types(section: str, obj: Any) -> None:
+    """Every int / bool / str field holds that type (a recipe file could pass 2.0 for an int)."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value, tp = getattr(obj, f.name), hints[f.name]
+        optional, inner = _is_optional(tp)
+        if value is None and optional:
+            continue
+        if inner is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"{section}.{f.name}={value!r} is invalid: expected an integer")
+        if inner is bool and not isinstance(value, bool):
+            raise ConfigError(f"{section}.{f.name}={value!r} is invalid: expected true or false")
+        if inner is str and not isinstance(value, str):
+            raise ConfigError(f"{section}.{f.name}={value!r} is invalid: expected a string")
+        if inner is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ConfigError(f"{section}.{f.name}={value!r} is invalid: expected a number")
+
+
 def _positive(section: str, obj: Any, *fields: str, allow_zero: bool = False) -> None:
     for field in fields:
         value = getattr(obj, field)
@@ -99,6 +125,7 @@ class ModelSpec:
 
     def __post_init__(self):
         s = "model"
+        _check_types(s, self)
         _choice(s, self, "param_dtype", DTYPE_NAMES)
         _choice(s, self, "dtype", DTYPE_NAMES)
         _choice(s, self, "model_type", ("llama", "qwen2", "qwen3"))
@@ -152,6 +179,7 @@ class DataConfig:
 
     def __post_init__(self):
         s = "data"
+        _check_types(s, self)
         _choice(s, self, "task", TASKS)
         _choice(s, self, "overlong", ("drop", "truncate", "error"))
         _choice(s, self, "eval_split", ("prompt", "examples"))
@@ -219,6 +247,7 @@ class GRPOConfig:
 
     def __post_init__(self):
         s = "grpo"
+        _check_types(s, self)
         _require(isinstance(self.num_generations, int) and self.num_generations >= 2, s, "num_generations",
                  self.num_generations, "an int >= 2 (GRPO compares completions within a group)")
         _positive(s, self, "num_iterations", "num_minibatches", "epsilon", "max_completion_length",
@@ -280,6 +309,7 @@ class OptimizerConfig:
 
     def __post_init__(self):
         s = "optimizer"
+        _check_types(s, self)
         _positive(s, self, "learning_rate", "adam_epsilon", "gradient_accumulation_steps")
         _positive(s, self, "warmup_steps", "weight_decay", "max_grad_norm", allow_zero=True)
         _choice(s, self, "lr_scheduler_type", SCHEDULES)
@@ -302,6 +332,7 @@ class SFTConfig:
     answer_field: str = "final_answer"
 
     def __post_init__(self):
+        _check_types("sft", self)
         _positive("sft", self, "steps", allow_zero=True)
         _positive("sft", self, "batch_size", "learning_rate")
 
@@ -344,6 +375,7 @@ class RunConfig:
 
     def __post_init__(self):
         s = "run"
+        _check_types(s, self)
         _positive(s, self, "max_steps", "eval_batch_size", "save_total_limit")
         _positive(s, self, "eval_steps", "eval_num_samples", "save_steps", "num_devices", allow_zero=True)
         parse_mesh(self.mesh)
@@ -455,14 +487,6 @@ def _check_cross_section(config: TrainConfig) -> None:
 
 
 # ---- overrides -------------------------------------------------------------------------------------------
-
-def _is_optional(tp: Any) -> tuple[bool, Any]:
-    args = typing.get_args(tp)
-    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
-        rest = [a for a in args if a is not type(None)]
-        return True, rest[0]
-    return False, tp
-
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     """``value`` (a string from the command line, or a Python value) as field type ``tp``."""

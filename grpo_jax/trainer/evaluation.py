@@ -8,7 +8,6 @@ pass@k     fraction of prompts with at least one of the k sampled completions sc
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 from collections.abc import Sequence
 from typing import Any
@@ -17,29 +16,45 @@ import jax
 import numpy as np
 
 from grpo_jax.data import Example
-from grpo_jax.rewards import RewardSpec, extract_answer
+from grpo_jax.rewards import RewardSpec, extract_answer, math_reward
 from grpo_jax.sampling import SamplingConfig
 from grpo_jax.trainer.rollout import Rollout, rollout
 
 SOLVED = 1.0 - 1e-6  # a reward at least this large counts as solved
 
 
+def _equivalent(a: str, b: str) -> bool:
+    return a == b or math_reward([f"<answer>{a}</answer>"], answer=[b])[0] == 1.0
+
+
 def majority_correct(texts: Sequence[str], solved: np.ndarray) -> bool:
-    """Whether the most common final answer among ``texts`` is a solved one (None answers never win)."""
+    """Whether the most common final answer among ``texts`` is a solved one. Answers are grouped by
+    math-verify equivalence ("18", "18.00" and "$18" are one vote); None answers never win; ties go to
+    the answer seen first."""
+    groups: list[list[int]] = []  # indices of completions giving equivalent answers, in order of first sight
     answers = [extract_answer(t) for t in texts]
-    counts = collections.Counter(a for a in answers if a is not None)
-    if not counts:
+    for i, answer in enumerate(answers):
+        if answer is None:
+            continue
+        for group in groups:
+            if _equivalent(answer, answers[group[0]]):
+                group.append(i)
+                break
+        else:
+            groups.append([i])
+    if not groups:
         return False
-    top = max(counts.values())
-    winner = next(a for a in answers if a is not None and counts[a] == top)
-    return bool(any(s for a, s in zip(answers, solved) if a == winner))
+    winner = max(groups, key=len)  # max keeps the first of equally long groups
+    return bool(any(solved[i] for i in winner))
 
 
 def evaluate(model, params, tokenizer, examples: Sequence[Example], key: jax.Array, sampling: SamplingConfig,
              specs: Sequence[RewardSpec], accuracy_reward: str, *, prompt_texts: Sequence[str],
              add_special_tokens: bool, batch_size: int, num_samples: int = 0) -> dict[str, float]:
     """Eval metrics over ``examples`` ("eval/accuracy", "eval/reward_mean", "eval/length_mean", and with
-    num_samples = k > 0 also "eval/maj@k" and "eval/pass@k")."""
+    num_samples = k > 0 also "eval/pass@k" and, unless the accuracy reward is "code" (programs have no
+    final answer to vote on), "eval/maj@k")."""
+    vote = accuracy_reward != "code"
     greedy = dataclasses.replace(sampling, num_generations=1, greedy=True)
     solved, rewards, lengths, majority, any_solved = [], [], [], [], []
     for start in range(0, len(examples), batch_size):
@@ -57,7 +72,8 @@ def evaluate(model, params, tokenizer, examples: Sequence[Example], key: jax.Arr
                         add_special_tokens=add_special_tokens)
             ok = (s.per_reward[accuracy_reward] >= SOLVED).reshape(len(batch), num_samples)
             groups = [s.texts[i * num_samples:(i + 1) * num_samples] for i in range(len(batch))]
-            majority += [majority_correct(g, o) for g, o in zip(groups, ok)]
+            if vote:
+                majority += [majority_correct(g, o) for g, o in zip(groups, ok)]
             any_solved += ok.any(axis=1).tolist()
     out: dict[str, Any] = {
         "eval/accuracy": float(np.concatenate(solved).mean()),
@@ -65,7 +81,8 @@ def evaluate(model, params, tokenizer, examples: Sequence[Example], key: jax.Arr
         "eval/length_mean": float(np.concatenate(lengths).mean()),
         "eval/num_examples": len(examples),
     }
-    if num_samples:
+    if num_samples and vote:
         out[f"eval/maj@{num_samples}"] = float(np.mean(majority))
+    if num_samples:
         out[f"eval/pass@{num_samples}"] = float(np.mean(any_solved))
     return out

@@ -42,9 +42,11 @@ from grpo_jax.trainer.build import build_policy
 from grpo_jax.trainer.config import TrainConfig
 from grpo_jax.trainer.evaluation import SOLVED, evaluate
 from grpo_jax.trainer.sft import run_sft
-from grpo_jax.trainer.state import abstract_state, build_optimizer, create_state, state_shardings
+from grpo_jax.trainer.state import abstract_train_state, build_optimizer, create_state, state_shardings
 from grpo_jax.trainer.step import compile_counts, grpo_objective, make_logprobs_fn, make_update_fn
-from grpo_jax.trainer.tasks import load_examples, reward_specs, step_reward_fn, train_eval_split
+from grpo_jax.trainer.tasks import (
+    check_reward_fields, load_examples, reward_specs, step_reward_fn, train_eval_split,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +79,17 @@ class RunContext:
     specs: list
     render: Callable[[Example], str]
     add_special_tokens: bool
+
+    def prompt_length(self, prompt) -> int:
+        """Tokens of a task prompt as the model sees it (rendered, with the suffix)."""
+        text = self.render({"prompt": prompt})
+        return len(self.tokenizer(text, add_special_tokens=self.add_special_tokens)["input_ids"])
+
+    def prompt_stream(self, *, batch_size: int, seed: int) -> PromptStream:
+        """The training examples in seeded, resumable batches, with the configured prompt-length policy."""
+        d = self.config.data
+        return PromptStream(self.train_examples, batch_size=batch_size, seed=seed,
+                            max_prompt_length=d.max_prompt_length, length_fn=self.prompt_length, overlong=d.overlong)
 
     def eval_metrics(self, params, key) -> dict[str, float]:
         if not len(self.eval_examples):
@@ -111,26 +124,23 @@ def build_context(config: TrainConfig, output_dir: str | None = None) -> RunCont
                               temperature=g.temperature, top_p=g.top_p, top_k=g.top_k, eos_token_ids=eos,
                               pad_token_id=int(tokenizer.pad_token_id), prompt_length_buckets=buckets)
     examples = load_examples(d)
+    check_reward_fields(g, d, examples[0])
     train_examples, eval_examples = train_eval_split(d, examples)
 
     def render(example: Example) -> str:
         return rollout_lib.prompt_text_of(tokenizer, example, chat_template=d.chat_template,
                                           system_prompt=d.system_prompt, suffix=d.prompt_suffix)
 
-    return RunContext(config, output_dir or config.run.output_dir or default_output_dir(config), mesh, model,
-                      params, tokenizer, sampling, train_examples, eval_examples, reward_specs(g), render,
-                      add_special_tokens=not d.chat_template)
-
-
-def _prompt_stream(ctx: RunContext) -> PromptStream:
-    d = ctx.config.data
-
-    def length(prompt) -> int:
-        text = ctx.render({"prompt": prompt})
-        return len(ctx.tokenizer(text, add_special_tokens=ctx.add_special_tokens)["input_ids"])
-
-    return PromptStream(ctx.train_examples, batch_size=d.batch_size, seed=d.seed, max_prompt_length=d.max_prompt_length,
-                        length_fn=length, overlong=d.overlong)
+    ctx = RunContext(config, output_dir or config.run.output_dir or default_output_dir(config), mesh, model,
+                     params, tokenizer, sampling, train_examples, eval_examples, reward_specs(g), render,
+                     add_special_tokens=not d.chat_template)
+    # eval prompts obey the same length limit as training prompts (long ones are left out of the eval)
+    kept = [e for e in eval_examples if ctx.prompt_length(e["prompt"]) <= d.max_prompt_length]
+    if len(kept) < len(eval_examples):
+        logger.warning("eval: left out %d of %d examples whose prompts exceed data.max_prompt_length=%d",
+                       len(eval_examples) - len(kept), len(eval_examples), d.max_prompt_length)
+        ctx.eval_examples = kept
+    return ctx
 
 
 def _mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
@@ -154,8 +164,9 @@ class GRPOTrainer:
         self.optimizer, self.schedule = build_optimizer(cfg.optimizer, total_updates)
         self.checkpointer = Checkpointer(os.path.join(ctx.output_dir, CHECKPOINT_DIR),
                                          max_to_keep=cfg.run.save_total_limit, async_save=cfg.run.async_save)
-        self.stream = _prompt_stream(ctx)
+        self.stream = ctx.prompt_stream(batch_size=cfg.data.batch_size, seed=cfg.data.seed)
         self.start_step = 0
+        self.resumed = False
         latest = self.checkpointer.latest_step()
         if latest is not None and not resume:
             raise FileExistsError(
@@ -163,14 +174,21 @@ class GRPOTrainer:
                 "that run or choose another --output-dir"
             )
         if resume and latest is not None:
-            template = create_state(ctx.params, self.optimizer, ctx.mesh, seed=cfg.run.seed,
-                                    with_reference=self.g.beta > 0)
-            self.state, meta = self.checkpointer.restore(abstract_state(template), step=latest)
-            del template
+            target = abstract_train_state(ctx.params, self.optimizer, ctx.mesh, with_reference=self.g.beta > 0)
+            ctx.params = None  # free the fresh parameters before the restored ones arrive
+            self.state, meta = self.checkpointer.restore(target, step=latest)
+            self.resumed = True
             self._check_resumable(meta)
             self.stream.restore(meta["data"])
             self.start_step = int(meta["step"])
             logger.info("resumed from %s at step %d", self.checkpointer.directory, self.start_step)
+            if self.start_step >= cfg.run.max_steps:
+                logger.warning("the run is complete: checkpoint step %d >= run.max_steps=%d; nothing to do",
+                               self.start_step, cfg.run.max_steps)
+            saved_steps = meta["config"]["run"]["max_steps"]
+            if cfg.optimizer.lr_scheduler_type != "constant" and saved_steps != cfg.run.max_steps:
+                logger.warning("run.max_steps changed from %s to %d: the %s learning-rate schedule is stretched "
+                               "from here on", saved_steps, cfg.run.max_steps, cfg.optimizer.lr_scheduler_type)
         else:
             params = ctx.params
             if cfg.sft.steps:
@@ -223,14 +241,15 @@ class GRPOTrainer:
         b, g = len(rounds[0].examples), self.g.num_generations
         if not self.g.dynamic_sampling:
             return rounds[0], stats
-        keep = [(0, i) for i in np.flatnonzero(rollout_lib.informative_groups(rounds[0].rewards, g))]
+        acc = self.g.accuracy_reward_name  # DAPO filters on accuracy, not on length penalties
+        keep = [(0, i) for i in np.flatnonzero(rollout_lib.informative_groups(rounds[0].per_reward[acc], g))]
         for _ in range(self.g.max_resample_rounds):
             if len(keep) >= b:
                 break
             key, sub = jax.random.split(key)
             rounds.append(one(sub))
             r = len(rounds) - 1
-            keep += [(r, i) for i in np.flatnonzero(rollout_lib.informative_groups(rounds[r].rewards, g))]
+            keep += [(r, i) for i in np.flatnonzero(rollout_lib.informative_groups(rounds[r].per_reward[acc], g))]
         informative = len(keep)
         chosen = keep[:b]
         chosen_set = set(chosen)
@@ -324,7 +343,7 @@ class GRPOTrainer:
         run = self.ctx.config.run
         last: dict[str, Any] = {}
         try:
-            if self.start_step == 0:
+            if not self.resumed:
                 first = self._eval(0)
                 if first:
                     self.metrics.write(0, first)
@@ -372,7 +391,8 @@ def restore_params(ctx: RunContext, step: int | None = None) -> tuple[Any, int]:
     """The policy parameters of checkpoint ``step`` (default: the latest) of the run in ``ctx.output_dir``."""
     g = ctx.config.grpo
     optimizer, _ = build_optimizer(ctx.config.optimizer, 1)
-    template = create_state(ctx.params, optimizer, ctx.mesh, seed=ctx.config.run.seed, with_reference=g.beta > 0)
+    target = abstract_train_state(ctx.params, optimizer, ctx.mesh, with_reference=g.beta > 0)
+    ctx.params = None
     with Checkpointer(os.path.join(ctx.output_dir, CHECKPOINT_DIR), async_save=False, max_to_keep=None) as ckpt:
-        state, meta = ckpt.restore(abstract_state(template), step=step)
+        state, meta = ckpt.restore(target, step=step)
     return state.params, int(meta["step"])

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 import jax
 import numpy as np
 
-from grpo_jax.data import PromptStream
 from grpo_jax.distributed import to_host
 from grpo_jax.metrics import MetricsWriter
 from grpo_jax.trainer.config import OptimizerConfig
@@ -33,7 +32,9 @@ logger = logging.getLogger(__name__)
 def sft_batch(ctx: "RunContext", examples: list[dict], answer_field: str) -> dict[str, np.ndarray]:
     """input_ids / attention_mask [N, P + T] and completion_mask [N, T] for ``prompt -> answer EOS``."""
     t = ctx.sampling.max_new_tokens
-    pad, eos = ctx.sampling.pad_token_id, ctx.sampling.eos_token_ids[0]
+    pad = ctx.sampling.pad_token_id
+    # the tokenizer's own EOS (for chat models the turn end, e.g. <|im_end|>), else the first stop id
+    eos = ctx.tokenizer.eos_token_id if ctx.tokenizer.eos_token_id is not None else ctx.sampling.eos_token_ids[0]
     ids, mask = encode_prompts(ctx.tokenizer, [ctx.render(e) for e in examples],
                                buckets=ctx.sampling.prompt_length_buckets, pad_id=pad,
                                add_special_tokens=ctx.add_special_tokens)
@@ -63,7 +64,7 @@ def run_sft(ctx: "RunContext", params: Any) -> Any:
     state = create_state(params, optimizer, ctx.mesh, seed=ctx.config.run.seed, with_reference=False)
     update = make_update_fn(ctx.model, optimizer, schedule, ctx.mesh, state_shardings(state), objective=sft_objective,
                             temperature=1.0, accumulation_steps=1, token_weighted=True, name="sft_update")
-    stream = PromptStream(ctx.train_examples, batch_size=cfg.batch_size, seed=ctx.config.data.seed + 1)
+    stream = ctx.prompt_stream(batch_size=cfg.batch_size, seed=ctx.config.data.seed + 1)
     key = jax.random.key(ctx.config.run.seed + 7)
     out_dir = os.path.join(ctx.output_dir, "sft")
     with MetricsWriter(out_dir, enabled=jax.process_index() == 0, tensorboard=ctx.config.run.tensorboard,

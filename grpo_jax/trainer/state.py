@@ -91,11 +91,23 @@ def create_state(params: Any, optimizer: optax.GradientTransformation, mesh: Mes
     return TrainState(step=step, params=params, opt_state=opt_state, ref_params=ref, rng=rng)
 
 
+def abstract_train_state(params: Any, optimizer: optax.GradientTransformation, mesh: Mesh, *,
+                         with_reference: bool) -> TrainState:
+    """ShapeDtypeStructs with shardings of the TrainState ``create_state`` would build around ``params``,
+    without allocating anything: the restore target of a checkpoint."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def spec(x, sharding):
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+    abstract_params = jax.tree.map(lambda x: spec(x, x.sharding), params)
+    opt = jax.tree.map(spec, jax.eval_shape(optimizer.init, params), optimizer_state_shardings(optimizer, params, mesh))
+    key = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
+    return TrainState(step=jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated), params=abstract_params,
+                      opt_state=opt, ref_params=abstract_params if with_reference else None,
+                      rng=spec(key, replicated))
+
+
 def state_shardings(state: TrainState) -> Any:
     """The sharding of every leaf of a materialised state (for jit's in/out shardings and restore)."""
     return jax.tree.map(lambda x: x.sharding, state)
-
-
-def abstract_state(state: TrainState) -> Any:
-    """ShapeDtypeStructs with shardings: the restore target for a checkpoint of this state."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)

@@ -151,10 +151,9 @@ def make_update_fn(model: Transformer, optimizer: optax.GradientTransformation, 
 
         def combine(name, total, value, w):
             """Whole-minibatch value of a metric from its micro-batch values."""
-            if name == "ratio_max":
-                return jnp.maximum(total, value)
-            if name == "ratio_min":
-                return jnp.minimum(total, value)
+            if name in ("ratio_max", "ratio_min"):  # a micro-batch without loss tokens has no ratio
+                extreme = jnp.maximum(total, value) if name == "ratio_max" else jnp.minimum(total, value)
+                return jnp.where(w["tokens"] > 0, extreme, total)
             kind = "loss" if name in ("loss", "policy_loss") else "rows" if name == "advantage_mean" else "tokens"
             return total + w[kind] * value
 

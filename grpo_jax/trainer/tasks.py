@@ -103,6 +103,21 @@ def reward_specs(grpo: GRPOConfig) -> list[RewardSpec]:
     return [RewardSpec(make(name), weight=w, name=name) for name, w in zip(grpo.rewards, grpo.weights)]
 
 
+REWARD_FIELDS = {"math": ("answer",), "code": ("tests",), "reasoning_gym": ("rg_dataset", "rg_config", "rg_metadata"),
+                 "format": (), "format_lenient": ()}
+
+
+def check_reward_fields(grpo: GRPOConfig, data: DataConfig, example: Example) -> None:
+    """Raise ConfigError when a configured reward needs an example field the task does not provide."""
+    for name in grpo.rewards:
+        missing = [f for f in REWARD_FIELDS[name] if f not in example]
+        if missing:
+            raise ConfigError(
+                f"grpo.rewards includes {name!r}, which reads the example field(s) {missing}, but data.task="
+                f"{data.task!r} provides {sorted(k for k in example if k != 'prompt')}"
+            )
+
+
 def step_reward_fn(grpo: GRPOConfig):
     """The configured step reward function (process supervision), or None."""
     if grpo.step_reward is None:

@@ -1,0 +1,94 @@
+"""docs/scaling.md: its tables are what benchmarks/scaling_table.py computes, and the computation's inputs are right."""
+
+import importlib.util
+import math
+import re
+import sys
+from pathlib import Path
+
+import jax
+import pytest
+
+from grpo_jax.models import build_model, param_shardings, param_shapes
+from grpo_jax.models.config import ModelConfig
+from grpo_jax.models.memory import kv_cache_bytes_per_token, parameter_count
+from grpo_jax.sharding import make_mesh
+from grpo_jax.trainer.config import parse_mesh
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def table():
+    spec = importlib.util.spec_from_file_location("scaling_table", ROOT / "benchmarks" / "scaling_table.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+# Totals the Qwen2.5 configs give (the sum of the checkpoints' tensor sizes); the issue's rounded figures.
+EXACT = {"Qwen2.5-0.5B": 494_032_768, "Qwen2.5-1.5B": 1_543_714_304, "Qwen2.5-7B": 7_615_616_512,
+         "Qwen2.5-32B": 32_763_876_352}
+ROUNDED = {"Qwen2.5-0.5B": 494e6, "Qwen2.5-1.5B": 1.54e9, "Qwen2.5-7B": 7.6e9, "Qwen2.5-32B": 32.8e9}
+
+
+@pytest.mark.parametrize("name", list(EXACT))
+def test_parameter_counts_of_the_qwen25_architectures(table, name):
+    n = parameter_count(table.model_config(name))
+    assert n == EXACT[name]
+    assert abs(n - ROUNDED[name]) <= 0.01 * ROUNDED[name]
+
+
+def test_doc_tables_are_the_scripts_output(table):
+    text = (ROOT / "docs" / "scaling.md").read_text()
+    found = table.doc_blocks(text)
+    computed = table.blocks()
+    assert set(found) == set(computed), "docs/scaling.md lacks a generated block"
+    for name, body in computed.items():
+        assert found[name] == body, f"block {name!r} is stale: run python benchmarks/scaling_table.py --write"
+    # every model x platform has its row, and every recommended mesh is a valid run.mesh for 8 devices
+    rows = [line for line in found["scaling"].splitlines()[2:]]
+    assert len(rows) == len(table.QWEN25) * len(table.PLATFORMS)
+    for line in rows:
+        mesh = line.split(" | ")[2].strip("`()")
+        assert math.prod(parse_mesh(mesh).values()) == 8, line
+    # the script reads mesh strings as run.mesh does, and names valid ones in its advice
+    advised = [m for line in rows for m in re.findall(r"`((?:data|fsdp|tensor):[^`]*)`", line)]
+    for mesh in [*table.MESHES, *advised, *(m for n in (16, 64) for m in table.scaled_meshes(n))]:
+        assert table.parse_mesh(mesh) == parse_mesh(mesh), mesh
+
+
+def test_fake_mesh_shards_match_real_shardings(table):
+    """The script's per-device element counts (mesh rules on axis sizes alone) equal the shard shapes of the
+    model's real NamedShardings on 8 devices, including dimensions a mesh axis does not divide."""
+    config = ModelConfig(model_type="qwen2", vocab_size=100, hidden_size=48, intermediate_size=72,
+                         num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2, head_dim=8,
+                         qkv_bias=True, tie_word_embeddings=False)
+    layout = table.param_layout(config)
+    model = build_model(config)
+    shapes = param_shapes(model)
+    for mesh in ("data:8", "fsdp:8", "fsdp:4,tensor:2", "fsdp:2,tensor:4", "tensor:8"):
+        axes = parse_mesh(mesh)
+        shardings = param_shardings(model, make_mesh(axes))
+        real = sum(math.prod(sh.shard_shape(s.shape)) for sh, s in zip(jax.tree.leaves(shardings),
+                                                                         jax.tree.leaves(shapes)))
+        assert layout.elements_per_device(axes)[0] == real, mesh
+
+
+@pytest.mark.parametrize("name", list(EXACT))
+def test_estimate_terms(table, name):
+    config = table.model_config(name)
+    layout = table.param_layout(config)
+    w = table.WORKLOAD
+    n = parameter_count(config)
+    replicated = table.estimate(config, "data:8", 1, w, layout)
+    assert replicated.params == 4 * n and replicated.moments == 8 * n and replicated.reference == 4 * n
+    sharded = table.estimate(config, "fsdp:8", 2, w, layout)
+    # every Qwen2.5 width divides by 8; only the q/k/v biases (no "embed" axis) stay whole on each device
+    assert 4 * n / 8 < sharded.params < 1.001 * 4 * n / 8 and sharded.grads == 2 * sharded.params
+    assert sharded.kv_cache * 8 == kv_cache_bytes_per_token(config) * w.rows * w.seq_len
+    no_reference = table.estimate(config, "fsdp:8", 2, table.dataclasses.replace(w, beta=0.0), layout)
+    assert no_reference.reference == 0
+    assert sharded.peak == max(sharded.sampling_peak, sharded.update_peak)
