@@ -193,10 +193,24 @@ def test_timeout_in_the_main_thread():
     assert time.perf_counter() - start < 10  # a 1 s limit per parse and per comparison, on a loaded 2-core CI box
 
 
-def test_timeout_in_a_worker_thread(caplog):
+def test_timeout_in_a_worker_thread(caplog, monkeypatch):
+    # A parse that takes 30 s of pure Python: how long math-verify takes on a given expression depends on the
+    # machine (and its caches), the watchdog's behaviour must not.
+    from grpo_jax.rewards import math as math_module
+
+    real_parse = math_module._parse
+
+    def slow_parse(text, timeout):
+        if "slow" in text:
+            end = time.perf_counter() + 30
+            while time.perf_counter() < end:
+                pass
+        return real_parse(text, timeout)
+
+    monkeypatch.setattr(math_module, "_parse", slow_parse)
     start = time.perf_counter()
     with caplog.at_level(logging.WARNING, logger="grpo_jax.rewards.math"):
-        result = _in_thread(lambda: math_reward([_slow_answer("b"), "#### 5"], answer=["1", "5"], timeout_seconds=1))
+        result = _in_thread(lambda: math_reward([r"\boxed{slow}", "#### 5"], answer=["1", "5"], timeout_seconds=1))
     assert result == [0.0, 1.0]
     assert time.perf_counter() - start < 10
     assert any("completion 0 timed out" in r.getMessage() for r in caplog.records)
