@@ -16,17 +16,13 @@ across hosts (DCN), FSDP within a host (NVLink), and --output-dir must be a path
 """
 
 import dataclasses
-import importlib.util
 import os
 
-_spec = importlib.util.spec_from_file_location(
-    "gsm8k_qwen2p5_1p5b", os.path.join(os.path.dirname(__file__), "gsm8k_qwen2p5_1p5b.py"))
-_base = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_base)
+from grpo_jax.trainer import load_config
 
 
 def get_config():
-    base = _base.get_config()
+    base = load_config(os.path.join(os.path.dirname(__file__), "gsm8k_qwen2p5_1p5b.py"))
     return dataclasses.replace(
         base, name="gsm8k-multigpu",
         grpo=dataclasses.replace(base.grpo, num_generations=16),

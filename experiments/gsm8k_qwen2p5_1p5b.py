@@ -5,17 +5,13 @@
 """
 
 import dataclasses
-import importlib.util
 import os
 
-_spec = importlib.util.spec_from_file_location(
-    "gsm8k_qwen2p5_0p5b", os.path.join(os.path.dirname(__file__), "gsm8k_qwen2p5_0p5b.py"))
-_base = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_base)
+from grpo_jax.trainer import load_config
 
 
 def get_config():
-    base = _base.get_config()
+    base = load_config(os.path.join(os.path.dirname(__file__), "gsm8k_qwen2p5_0p5b.py"))
     return dataclasses.replace(
         base, name="gsm8k-qwen2.5-1.5b",
         model=dataclasses.replace(base.model, path="checkpoints/Qwen2.5-1.5B-Instruct"),

@@ -12,7 +12,7 @@ program on the same global arrays (SPMD). Settings come from arguments or the en
 On CPU the processes exchange data through gloo. ``heartbeat_timeout_s`` bounds how long the survivors
 wait for a process that died: after it they fail with JAX's error instead of hanging (default 60 s).
 
-``to_host`` copies a possibly multi-host array to a NumPy array on every process.
+``to_host`` copies possibly multi-host arrays to NumPy arrays on every process.
 """
 
 from __future__ import annotations
@@ -66,10 +66,12 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     return True
 
 
-def to_host(x: Any) -> np.ndarray:
-    """The full value of ``x`` as a NumPy array on every process (an all-gather when ``x`` spans hosts)."""
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+def to_host(tree: Any) -> Any:
+    """The full values of a pytree of arrays as NumPy arrays on every process, in one transfer (an
+    all-gather when an array spans hosts)."""
+    spans_hosts = any(isinstance(x, jax.Array) and not x.is_fully_addressable for x in jax.tree.leaves(tree))
+    if spans_hosts:
         from jax.experimental import multihost_utils
 
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(jax.device_get(x))
+        tree = multihost_utils.process_allgather(tree, tiled=True)
+    return jax.tree.map(np.asarray, jax.device_get(tree))

@@ -85,7 +85,7 @@ def test_sequence_batch_layout():
 def test_dynamic_sampling_group_selection():
     assert informative_groups(np.array([1, 0, 1, 1, 0, 0]), 2).tolist() == [True, False, False]
     first, second = _rollout([1, 0, 1, 1], tag=0), _rollout([0, 1, 0, 0], prompt_len=4, tag=1)
-    chosen = select_groups([first, second], [(0, 0), (1, 0)])
+    chosen = select_groups([first, second], [(0, 0), (1, 0)], pad_id=0)
     assert [e["prompt"] for e in chosen.examples] == ["p00", "p10"]
     assert chosen.prompt_ids.shape == (2, 4)
     np.testing.assert_array_equal(chosen.prompt_mask[0], [0, 0, 1, 1])  # re-padded on the left

@@ -33,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from grpo_jax.losses.aggregation import AGGREGATIONS
+from grpo_jax.models.char_tokenizer import ARITHMETIC_ALPHABET
 from grpo_jax.losses.advantages import ADVANTAGE_SCALES
 from grpo_jax.losses.kl import KL_ESTIMATORS
 from grpo_jax.losses.objective import RATIO_LEVELS
@@ -121,7 +122,7 @@ class ModelSpec:
     max_position_embeddings: int = 128
     tie_word_embeddings: bool = True
     rope_theta: float = 10000.0
-    alphabet: str = "0123456789+-*/=? "
+    alphabet: str = ARITHMETIC_ALPHABET
 
     def __post_init__(self):
         s = "model"

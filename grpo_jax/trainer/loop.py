@@ -257,7 +257,7 @@ class GRPOTrainer:
         chosen += filler[: b - len(chosen)]
         stats = {"dynamic/rounds": len(rounds), "dynamic/informative_groups": informative,
                  "dynamic/filled_with_zero_signal": max(b - informative, 0)}
-        return rollout_lib.select_groups(rounds, sorted(chosen)), stats
+        return rollout_lib.select_groups(rounds, sorted(chosen), self.ctx.sampling.pad_token_id), stats
 
     def step(self, step: int) -> dict[str, float]:
         g = self.g
@@ -295,7 +295,7 @@ class GRPOTrainer:
             for m in range(g.num_minibatches):
                 minibatch = {k: v[m * size:(m + 1) * size] for k, v in batch.items()}
                 self.state, update_metrics = self.update(self.state, minibatch)
-                history.append({k: to_host(v) for k, v in update_metrics.items()})
+                history.append(to_host(update_metrics))
         update = _mean_metrics(history)
         t_update = time.perf_counter() - t2
         if g.ref_model_sync_steps and step % g.ref_model_sync_steps == 0 and self.state.ref_params is not None:

@@ -99,8 +99,7 @@ def rollout(model, params, tokenizer, examples: list[Example], key: jax.Array, s
     ids, mask = encode_prompts(tokenizer, prompt_texts, buckets=sampling.prompt_length_buckets,
                                pad_id=sampling.pad_token_id, add_special_tokens=add_special_tokens)
     result: SampleResult = generate(model, params, ids, mask, key, sampling)
-    tokens, cmask, plp, finished = (to_host(x) for x in
-                                    (result.tokens, result.mask, result.policy_logprobs, result.finished))
+    tokens, cmask, plp, finished = to_host((result.tokens, result.mask, result.policy_logprobs, result.finished))
     texts = decode_completions(tokenizer, tokens, cmask)
     t1 = time.perf_counter()
     total, per_reward, failures = score(specs, texts, example_columns(examples, sampling.num_generations))
@@ -114,15 +113,15 @@ def rollout(model, params, tokenizer, examples: list[Example], key: jax.Array, s
                    per_reward, failures, sample_s=t1 - t0, reward_s=time.perf_counter() - t1)
 
 
-def select_groups(rollouts: Sequence[Rollout], groups: Sequence[tuple[int, int]]) -> Rollout:
-    """A Rollout of the chosen (rollout index, prompt index) groups, prompts re-padded to a common length."""
+def select_groups(rollouts: Sequence[Rollout], groups: Sequence[tuple[int, int]], pad_id: int) -> Rollout:
+    """A Rollout of the chosen (rollout index, prompt index) groups, prompts re-padded (with ``pad_id``, on the
+    left) to a common length."""
     g = rollouts[0].group_size
     p = max(r.prompt_ids.shape[1] for r in rollouts)
 
     def left_pad(x: np.ndarray, value: int) -> np.ndarray:
         return np.pad(x, ((0, 0), (p - x.shape[1], 0)), constant_values=value)
 
-    pad_id = int(rollouts[0].prompt_ids[rollouts[0].prompt_mask == 0][0]) if (rollouts[0].prompt_mask == 0).any() else 0
     prompt_rows = [(r, i) for r, i in groups]
     comp_rows = np.array([i * g + j for _, i in groups for j in range(g)])
     comp_src = [r for r, _ in groups for _ in range(g)]

@@ -74,7 +74,7 @@ def run_sft(ctx: "RunContext", params: Any) -> Any:
             writer.write(0, before)
         for step in range(1, cfg.steps + 1):
             state, metrics = update(state, sft_batch(ctx, stream.next_batch(), cfg.answer_field))
-            record = {f"sft/{k}": float(to_host(v)) for k, v in metrics.items()}
+            record = {f"sft/{k}": float(v) for k, v in to_host(metrics).items()}
             if step == cfg.steps:
                 record.update(ctx.eval_metrics(state.params, key))
             writer.write(step, record)
