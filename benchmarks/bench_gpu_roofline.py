@@ -1,0 +1,238 @@
+"""Accelerator roofline: GRPO update-step MFU and decode memory-bandwidth utilisation (issue 8).
+
+For Qwen2.5-shaped models with random weights (0.5B and 1.5B: Qwen2.5's hidden sizes, layers, heads, GQA,
+vocabulary 151,936, tied embeddings), on one device:
+
+* ceilings, measured here: a bf16 [8192 x 8192] x [8192 x 8192] matmul (FLOP/s) and a device-to-device
+  copy of 2 GiB (bytes read + written per second);
+* the GRPO update (``grpo_jax.trainer.step.make_update_fn``, AdamW, beta 0.04, fp32 master parameters, bf16
+  compute, gradient accumulation over micro-batches): model FLOPs per update / median time / measured
+  matmul rate = MFU;
+* decoding (``grpo_jax.sampling.generate``, batch >= 256, no EOS so every row runs the full length): the
+  time per decode step is (time of N new tokens - time of 1 new token) / (N - 1); the bytes a decode step
+  must read at the least are the weights (bf16: the matrices and the LM head, once) plus the valid part of
+  the KV cache; utilisation = those bytes / step time / measured copy bandwidth.
+
+    python benchmarks/bench_gpu_roofline.py --json roofline.json          # needs a GPU (skips without one)
+    python benchmarks/bench_gpu_roofline.py --sizes tiny --allow-cpu      # a smoke run of the code path
+
+FLOPs are counted analytically (``forward_flops``); tests/test_bench_gpu_roofline.py checks the count
+against XLA's own cost analysis of the forward pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from grpo_jax.models import ModelConfig, build_model, init_params  # noqa: E402
+from grpo_jax.models.memory import kv_cache_bytes_per_token, parameter_count  # noqa: E402
+from grpo_jax.sampling import SamplingConfig, generate  # noqa: E402
+from grpo_jax.sharding import make_mesh  # noqa: E402
+
+QWEN25 = {  # Qwen2.5 shapes (config.json of Qwen/Qwen2.5-0.5B and -1.5B); weights are random here
+    "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                 num_key_value_heads=2, head_dim=64),
+    "1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                 num_key_value_heads=2, head_dim=128),
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=16),
+}
+VOCAB = {"0.5b": 151936, "1.5b": 151936, "tiny": 512}
+
+# workloads: (rows, prompt length, completion length, micro-batches) for the update;
+# (prompts, G, prompt length, new tokens) for decoding
+UPDATE = {"0.5b": (128, 128, 384, 8), "1.5b": (128, 128, 384, 16), "tiny": (8, 8, 8, 2)}
+DECODE = {"0.5b": (32, 8, 128, 256), "1.5b": (32, 8, 128, 256), "tiny": (2, 4, 8, 8)}
+
+
+def model_config(size: str, param_dtype: Any = jnp.float32, dtype: Any = jnp.bfloat16) -> ModelConfig:
+    return ModelConfig(model_type="qwen2", vocab_size=VOCAB[size], rope_theta=1e6, tie_word_embeddings=True,
+                       qkv_bias=True, max_position_embeddings=4096, param_dtype=param_dtype, dtype=dtype,
+                       **QWEN25[size])
+
+
+def forward_flops(config: ModelConfig, rows: int, seq_len: int, logit_positions: int) -> int:
+    """Multiply-add FLOPs (2 per MAC) of one forward pass over [rows, seq_len] tokens, with the LM head on
+    ``logit_positions`` positions per row. Attention counts the full S x S score matrix (what the model
+    computes; PaLM's convention). Norms, rotary, softmax and the loss are not counted (< 1%)."""
+    d, f, h, k, dh = (config.hidden_size, config.intermediate_size, config.num_attention_heads,
+                      config.num_key_value_heads, config.head_dim)
+    tokens = rows * seq_len
+    projections = 2 * tokens * d * (h * dh + 2 * k * dh) + 2 * tokens * h * dh * d
+    mlp = 2 * tokens * 3 * d * f
+    attention = 2 * 2 * rows * seq_len * seq_len * h * dh
+    head = 2 * rows * logit_positions * d * config.vocab_size
+    return config.num_hidden_layers * (projections + mlp + attention) + head
+
+
+def decode_bytes(config: ModelConfig, rows: int, context: float, weight_dtype: Any = jnp.bfloat16,
+                 cache_dtype: Any = jnp.bfloat16) -> float:
+    """The least a decode step must read from memory: every parameter once (the tied embedding once, as the
+    LM head) and each row's ``context`` cached keys and values."""
+    weights = parameter_count(config) * jnp.dtype(weight_dtype).itemsize
+    return weights + rows * context * kv_cache_bytes_per_token(config, cache_dtype)
+
+
+def timed(fn, repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def measure_ceilings(n: int, copy_bytes: int, repeats: int) -> dict:
+    """Matmul FLOP/s (bf16 n x n x n) and copy bandwidth (bytes read + written per second), medians."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.bfloat16)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.bfloat16)
+    matmul = jax.jit(lambda x, y: x @ y)
+    jax.block_until_ready(matmul(a, b))
+    t_mm = statistics.median(timed(lambda: matmul(a, b), repeats))
+    x = jnp.zeros((copy_bytes // 4,), jnp.float32)
+    copy = jax.jit(lambda v: v + 1.0)
+    jax.block_until_ready(copy(x))
+    t_copy = statistics.median(timed(lambda: copy(x), repeats))
+    return {"matmul_flops_per_s": 2 * n ** 3 / t_mm, "copy_bytes_per_s": 2 * x.nbytes / t_copy,
+            "matmul_n": n, "copy_gib": x.nbytes / 2 ** 30}
+
+
+def update_benchmark(size: str, repeats: int, mesh) -> dict:
+    """Median time of one GRPO update and its model FLOPs (3 x forward: forward + backward)."""
+    from grpo_jax.trainer.config import GRPOConfig, OptimizerConfig
+    from grpo_jax.trainer.state import build_optimizer, create_state, state_shardings
+    from grpo_jax.trainer.step import grpo_objective, make_update_fn
+
+    rows, p, t, micro = UPDATE[size]
+    config = model_config(size)
+    model = build_model(config, mesh)
+    params = init_params(model, jax.random.key(0), mesh)
+    grpo = GRPOConfig(beta=0.04)
+    optimizer, schedule = build_optimizer(OptimizerConfig(learning_rate=1e-6), 100)
+    state = create_state(params, optimizer, mesh, seed=0, with_reference=False)
+    update = make_update_fn(model, optimizer, schedule, mesh, state_shardings(state), objective=grpo_objective(grpo),
+                            temperature=1.0, accumulation_steps=micro, token_weighted=False, name="grpo_update")
+    rng = np.random.default_rng(0)
+    batch = {
+        "input_ids": rng.integers(0, config.vocab_size, (rows, p + t)).astype(np.int32),
+        "attention_mask": np.ones((rows, p + t), np.int32),
+        "completion_mask": np.ones((rows, t), np.float32),
+        "advantages": rng.standard_normal(rows).astype(np.float32),
+        "old_logprobs": np.full((rows, t), -np.log(config.vocab_size), np.float32),
+        "ref_logprobs": np.full((rows, t), -np.log(config.vocab_size), np.float32),
+    }
+    start = time.perf_counter()
+    state, metrics = update(state, batch)
+    jax.block_until_ready(metrics)
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        state, metrics = update(state, batch)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - start)
+    flops = 3 * forward_flops(config, rows, p + t, t)
+    return {"size": size, "parameters": int(sum(x.size for x in jax.tree.leaves(params))),
+            "rows": rows, "prompt": p, "completion": t, "micro_batches": micro,
+            "compile_and_first_s": first, "step_s": statistics.median(times), "step_s_all": times,
+            "model_flops": flops, "loss": float(metrics["loss"])}
+
+
+def decode_benchmark(size: str, repeats: int, mesh, param_dtype: Any) -> dict:
+    """Seconds per decode step at batch prompts x G and the least bytes it must read."""
+    prompts, g, p, new = DECODE[size]
+    config = model_config(size, param_dtype=param_dtype)
+    model = build_model(config, mesh)
+    params = init_params(model, jax.random.key(0), mesh)
+    ids = np.random.default_rng(0).integers(1, config.vocab_size, (prompts, p)).astype(np.int32)
+    mask = np.ones_like(ids)
+    key = jax.random.key(1)
+    result = {}
+    for n in (1, new):
+        sampling = SamplingConfig(num_generations=g, max_new_tokens=n, pad_token_id=0)
+        start = time.perf_counter()
+        jax.block_until_ready(generate(model, params, ids, mask, key, sampling).tokens)
+        first = time.perf_counter() - start
+        t = statistics.median(timed(lambda: generate(model, params, ids, mask, key, sampling).tokens, repeats))
+        result[n] = (first, t)
+    rows = prompts * g
+    step = (result[new][1] - result[1][1]) / (new - 1)
+    least = decode_bytes(config, rows, p + new / 2, weight_dtype=param_dtype)
+    moved = decode_bytes(config, rows, p + new, weight_dtype=param_dtype)  # the cache buffer is read whole
+    return {"size": size, "param_dtype": jnp.dtype(param_dtype).name, "rows": rows, "prompt": p,
+            "new_tokens": new, "prefill_and_1_s": result[1][1], "total_s": result[new][1],
+            "compile_s": result[new][0] - result[new][1], "decode_step_s": step,
+            "least_bytes_per_step": least, "buffer_bytes_per_step": moved,
+            "tokens_per_s": rows * new / result[new][1]}
+
+
+def markdown(report: dict) -> str:
+    c = report["ceilings"]
+    peak, bw = c["matmul_flops_per_s"], c["copy_bytes_per_s"]
+    lines = [f"Device: {report['device']}; measured bf16 matmul {peak / 1e12:.0f} TFLOP/s "
+             f"({c['matmul_n']}^3), copy {bw / 1e12:.2f} TB/s (read + write, {c['copy_gib']:.0f} GiB).", "",
+             "| model | update rows x (prompt + completion) / micro-batches | update s (median) | model TFLOP "
+             "| achieved TFLOP/s | MFU |", "| --- | --- | --- | --- | --- | --- |"]
+    for u in report["update"]:
+        rate = u["model_flops"] / u["step_s"]
+        lines.append(f"| Qwen2.5-{u['size']} shape ({u['parameters'] / 1e6:.0f}M) | {u['rows']} x "
+                     f"({u['prompt']} + {u['completion']}) / {u['micro_batches']} | {u['step_s']:.3f} | "
+                     f"{u['model_flops'] / 1e12:.1f} | {rate / 1e12:.0f} | {100 * rate / peak:.0f}% |")
+    lines += ["", "| model | weights | batch | decode step ms | least bytes / step MB | HBM roofline use "
+              "| tokens/s (incl. prefill) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for d in report["decode"]:
+        use = d["least_bytes_per_step"] / d["decode_step_s"] / bw
+        lines.append(f"| Qwen2.5-{d['size']} shape | {d['param_dtype']} | {d['rows']} | "
+                     f"{1e3 * d['decode_step_s']:.2f} | {d['least_bytes_per_step'] / 1e6:.0f} | {100 * use:.0f}% | "
+                     f"{d['tokens_per_s']:,.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="0.5b,1.5b")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--allow-cpu", action="store_true", help="run without an accelerator (smoke test)")
+    parser.add_argument("--decode-fp32", action="store_true",
+                        help="also decode with float32 master weights (what the trainer samples with today)")
+    parser.add_argument("--json", help="write the raw figures here")
+    args = parser.parse_args(argv)
+    device = jax.devices()[0]
+    if device.platform == "cpu" and not args.allow_cpu:
+        print("bench_gpu_roofline: no accelerator; skipped (pass --allow-cpu for a smoke run)")
+        return 0
+    mesh = make_mesh({"data": 1}, devices=[device])
+    sizes = args.sizes.split(",")
+    small = sizes == ["tiny"]
+    report = {"device": getattr(device, "device_kind", device.platform), "jax": jax.__version__,
+              "ceilings": measure_ceilings(256 if small else 8192, 2 ** 20 if small else 2 ** 31, args.repeats),
+              "update": [], "decode": []}
+    print(json.dumps(report["ceilings"]), flush=True)
+    for size in sizes:
+        report["update"].append(update_benchmark(size, args.repeats, mesh))
+        print(json.dumps(report["update"][-1]), flush=True)
+        dtypes = [jnp.bfloat16] + ([jnp.float32] if args.decode_fp32 else [])
+        for dtype in dtypes:
+            report["decode"].append(decode_benchmark(size, args.repeats, mesh, dtype))
+            print(json.dumps(report["decode"][-1]), flush=True)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=1)
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""benchmarks/bench_gpu_roofline.py: its FLOP and byte counts are right, and its code path runs (on the CPU).
+
+The GPU figures in docs/benchmarks.md are only as good as these counts: FLOPs are checked against XLA's own
+cost analysis of the forward pass, bytes against the parameters the model actually has.
+"""
+
+import importlib.util
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from grpo_jax.models import build_model, init_params
+from grpo_jax.models.model import positions_from_mask
+from grpo_jax.models.transformer import unembedding_matrix
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_gpu_roofline", ROOT / "benchmarks" / "bench_gpu_roofline.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_forward_flops_match_xla_cost_analysis(bench):
+    config = bench.model_config("tiny", dtype=jnp.float32)
+    model = build_model(config)
+    params = init_params(model, jax.random.key(0))
+    rows, seq, logit_positions = 4, 32, 12
+
+    def forward(params, ids, mask):
+        hidden, _ = model.apply({"params": params}, ids, positions_from_mask(mask), mask, return_hidden=True)
+        return hidden[:, -logit_positions:] @ unembedding_matrix(config, params)
+
+    ids = jnp.ones((rows, seq), jnp.int32)
+    cost = jax.jit(forward).lower(params, ids, jnp.ones_like(ids)).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    ours = bench.forward_flops(config, rows, seq, logit_positions)
+    # XLA also counts the elementwise work (norms, rotary, softmax, SwiGLU) that the model-FLOP count leaves out
+    assert ours <= cost["flops"] <= 1.12 * ours, (ours, cost["flops"])
+
+
+def test_decode_bytes_read_every_parameter_once_and_the_valid_cache(bench):
+    config = bench.model_config("tiny", param_dtype=jnp.bfloat16)
+    params = init_params(build_model(config), jax.random.key(0))
+    weight_bytes = sum(x.nbytes for x in jax.tree.leaves(params))  # the tied embedding is one array
+    assert bench.decode_bytes(config, rows=0, context=0) == weight_bytes
+    # keys and values, bf16, every layer and kv head: [rows, context, layers, 2, K, Dh] x 2 bytes
+    kv_per_token = config.num_hidden_layers * 2 * config.num_key_value_heads * config.head_dim * 2
+    assert bench.decode_bytes(config, rows=3, context=10) - weight_bytes == 3 * 10 * kv_per_token
+
+
+def test_smoke_run_on_cpu_writes_its_report(bench, tmp_path, capsys):
+    out = tmp_path / "roofline.json"
+    assert bench.main(["--sizes", "tiny", "--allow-cpu", "--repeats", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    (update,), (decode,) = report["update"], report["decode"]
+    assert np.isfinite(update["loss"]) and update["step_s"] > 0
+    assert update["model_flops"] == 3 * bench.forward_flops(bench.model_config("tiny"), 8, 16, 8)
+    assert decode["rows"] == 8 and decode["total_s"] > 0
+    assert "| Qwen2.5-tiny shape" in capsys.readouterr().out
+
+
+def test_without_accelerator_it_skips(bench, capsys):
+    assert bench.main(["--sizes", "tiny"]) == 0
+    assert "no accelerator; skipped" in capsys.readouterr().out
