@@ -12,7 +12,13 @@ program on the same global arrays (SPMD). Settings come from arguments or the en
 On CPU the processes exchange data through gloo. ``heartbeat_timeout_s`` bounds how long the survivors
 wait for a process that died: after it they fail with JAX's error instead of hanging (default 60 s).
 
-``to_host`` copies possibly multi-host arrays to NumPy arrays on every process.
+Work on the host side is split between the processes, never repeated:
+
+  ``owned_rows``     which rows of a row-sharded array this process handles (decodes, rewards): those its
+                     devices hold, whole groups at a time, each row handled by exactly one process;
+  ``sum_over_hosts`` assembles per-process results into the global values (every process gets them);
+  ``to_host``        copies possibly multi-host arrays to NumPy arrays on every process;
+  ``global_rows``    places a host array on a sharding, each process transferring only its own shards.
 """
 
 from __future__ import annotations
@@ -75,3 +81,53 @@ def to_host(tree: Any) -> Any:
 
         tree = multihost_utils.process_allgather(tree, tiled=True)
     return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
+def owned_rows(sharding: jax.sharding.Sharding, num_rows: int, group_size: int = 1) -> np.ndarray:
+    """Global indices (ascending) of the rows of a [num_rows, ...] array with ``sharding`` that this process
+    handles. A group of ``group_size`` consecutive rows (the G completions of one prompt) goes whole to the
+    lowest-index process among those whose devices hold its first row, so every row is handled by exactly
+    one process and a process handles the rows it holds. One process: every row."""
+    if num_rows % group_size:
+        raise ValueError(f"owned_rows: {num_rows} rows do not split into groups of {group_size}")
+    if jax.process_count() == 1:
+        return np.arange(num_rows)
+    owner = np.full(num_rows, np.iinfo(np.int64).max)
+    for device, index in sharding.devices_indices_map((num_rows,)).items():
+        owner[index[0]] = np.minimum(owner[index[0]], device.process_index)
+    group_owner = owner[::group_size]
+    return np.flatnonzero(np.repeat(group_owner, group_size) == jax.process_index())
+
+
+def sum_over_hosts(tree: Any) -> Any:
+    """The elementwise sum over processes of a pytree of NumPy arrays (of equal shapes on every process), on
+    every process; the identity in one process. With each process filling only the entries it owns (zeros
+    elsewhere), this assembles the global arrays exactly."""
+    if jax.process_count() == 1:
+        return tree
+    from jax.experimental import multihost_utils
+
+    stacked = multihost_utils.process_allgather(tree, tiled=False)  # [processes, ...] per leaf
+    return jax.tree.map(lambda x: np.asarray(x).sum(axis=0), stacked)
+
+
+def max_over_hosts(value: int) -> int:
+    """The largest of one integer per process, on every process."""
+    if jax.process_count() == 1:
+        return int(value)
+    from jax.experimental import multihost_utils
+
+    return int(np.max(multihost_utils.process_allgather(np.asarray([value], np.int64), tiled=True)))
+
+
+def scatter_rows(rows: np.ndarray, values: np.ndarray, num_rows: int) -> np.ndarray:
+    """[num_rows, ...] zeros with ``values`` at ``rows``: one process's share for ``sum_over_hosts``."""
+    out = np.zeros((num_rows,) + values.shape[1:], values.dtype)
+    out[rows] = values
+    return out
+
+
+def global_rows(x: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
+    """``x`` (the same global value on every process) as a jax.Array with ``sharding``; each process
+    copies only the shards of its own devices to them (nothing is checked or exchanged between hosts)."""
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from grpo_jax import _validation as v
+from grpo_jax.distributed import global_rows
 from grpo_jax.models.model import positions_from_mask
 from grpo_jax.models.transformer import Transformer, init_cache
 from grpo_jax.sharding import logical_sharding
@@ -275,7 +276,8 @@ def generate(
     mask[:b, pb - p:] = np.asarray(jax.device_get(prompt_mask))
     if model.mesh_rules is not None:
         rules = model.mesh_rules
-        ids, mask = (jax.device_put(x, logical_sharding(("batch", "length"), x.shape, rules.mesh, rules.rules))
+        # each process copies only its own devices' rows (multi-host: no host sends another's shards)
+        ids, mask = (global_rows(x, logical_sharding(("batch", "length"), x.shape, rules.mesh, rules.rules))
                      for x in (ids, mask))
     result = _generate_jit(model, config, params, ids, mask, key)
     n = b * config.num_generations  # drop the rows of bucket padding

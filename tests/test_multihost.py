@@ -78,13 +78,17 @@ def one_process(tmp_path_factory):
     return config, read_metrics(run_dir), _params(config, run_dir)
 
 
-def _assert_same_run(one_process, run_dir):
+def _assert_same_run(one_process, run_dir, keys=("loss", "reward/mean"), half_each=True):
     config, records, params = one_process
     two = read_metrics(run_dir)
     assert [r["step"] for r in two] == [r["step"] for r in records]
-    for a, b in zip(records[1:], two[1:]):
-        np.testing.assert_allclose([b["loss"], b["reward/mean"]], [a["loss"], a["reward/mean"]],
-                                   rtol=1e-4, atol=1e-6)
+    for a, b in zip(records, two):
+        shared = [k for k in keys if k in a]
+        np.testing.assert_allclose([b[k] for k in shared], [a[k] for k in shared], rtol=1e-4, atol=1e-6)
+        if "rollout/rows_scored_here" in a:  # process 0 decoded and rewarded only the rows its devices hold
+            mine, every = b["rollout/rows_scored_here"], a["rollout/rows_scored_here"]
+            # dynamic sampling keeps groups of several rollouts, so the kept rows need not split in half
+            assert mine * 2 == every if half_each else 0 < mine < every
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), params, _params(config, run_dir))
 
 
@@ -93,6 +97,25 @@ def test_two_processes_train_like_one(one_process, tmp_path):
     _finish(_launch(tmp_path, run_dir, "fresh", RUN))
     _assert_same_run(one_process, run_dir)
     assert sorted(os.listdir(run_dir / "checkpoints"))[-1] == "3"
+
+
+# every host-side path that splits work between hosts: dynamic sampling regroups rows from several rollouts,
+# process supervision scores steps per row, maj@k votes per prompt group
+SPLIT = [*RUN, "num_iterations=1", "dynamic_sampling=true", "step_reward=arithmetic_steps", "eval_steps=3",
+         "eval_num_samples=2", "max_resample_rounds=2"]
+
+
+def test_host_side_work_is_split_and_assembled_exactly(tmp_path):
+    one_dir = tmp_path / "one"
+    config = tiny_config(*SPLIT)
+    train(config, output_dir=str(one_dir))
+    one = (config, read_metrics(one_dir), _params(config, one_dir))
+    run_dir = tmp_path / "two"
+    _finish(_launch(tmp_path, run_dir, "fresh", SPLIT))
+    _assert_same_run(one, run_dir, keys=("loss", "reward/mean", "advantage/abs_mean", "dynamic/rounds",
+                                         "dynamic/informative_groups", "eval/accuracy", "eval/maj@2", "eval/pass@2"),
+                     half_each=False)
+    assert any("dynamic/rounds" in r for r in one[1]) and any("eval/maj@2" in r for r in one[1])
 
 
 def test_two_hosts_as_two_slices(one_process, tmp_path):

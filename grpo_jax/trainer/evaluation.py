@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from grpo_jax.data import Example
+from grpo_jax.distributed import scatter_rows, sum_over_hosts
 from grpo_jax.rewards import RewardSpec, extract_answer, math_reward
 from grpo_jax.sampling import SamplingConfig
 from grpo_jax.trainer.rollout import Rollout, rollout
@@ -71,9 +72,11 @@ def evaluate(model, params, tokenizer, examples: Sequence[Example], key: jax.Arr
             s = rollout(model, params, tokenizer, batch, k_sample, sampled, specs, prompt_texts=texts,
                         add_special_tokens=add_special_tokens)
             ok = (s.per_reward[accuracy_reward] >= SOLVED).reshape(len(batch), num_samples)
-            groups = [s.texts[i * num_samples:(i + 1) * num_samples] for i in range(len(batch))]
-            if vote:
-                majority += [majority_correct(g, o) for g, o in zip(groups, ok)]
+            if vote:  # each host votes on the prompts whose samples it decoded (whole groups), then all gather
+                prompts = s.owned[::num_samples] // num_samples
+                votes = [majority_correct(s.texts[j * num_samples:(j + 1) * num_samples], ok[p])
+                         for j, p in enumerate(prompts)]
+                majority += sum_over_hosts(scatter_rows(prompts, np.asarray(votes, np.int32), len(batch))).tolist()
             any_solved += ok.any(axis=1).tolist()
     out: dict[str, Any] = {
         "eval/accuracy": float(np.concatenate(solved).mean()),

@@ -269,15 +269,14 @@ class GRPOTrainer:
             advantages = np.asarray(group_advantages(jnp.asarray(r.rewards), g.num_generations,
                                                      scale=g.scale_rewards))
         else:  # process supervision: per-token advantages from step rewards
-            steps = self.step_reward(r.texts, **rollout_lib.example_columns(r.examples, g.num_generations))
+            steps = self.step_reward(r.texts, **rollout_lib.example_columns(r.examples, g.num_generations, r.owned))
             step_rewards, step_ends = rollout_lib.step_arrays(self.ctx.tokenizer, r, steps)
             advantages = np.asarray(process_advantages(step_rewards, step_ends, r.completion_mask,
                                                        g.num_generations))
         t1 = time.perf_counter()
         batch = rollout_lib.sequence_batch(r, mask_truncated=g.mask_truncated_completions)
         batch["advantages"] = advantages
-        n = len(r.texts)
-        size = n // g.num_minibatches
+        size = len(r.tokens) // g.num_minibatches
 
         def logprobs_of(params) -> np.ndarray:  # minibatch by minibatch: no more memory than the update
             t = batch["completion_mask"].shape[1]
@@ -309,7 +308,7 @@ class GRPOTrainer:
             "reward/mean": float(r.rewards.mean()), "reward/std": float(r.rewards.std()),
             **{f"reward/{k}/{stat}": float(getattr(v, stat)()) for k, v in r.per_reward.items()
                for stat in ("mean", "std")},
-            "reward/failures": len(r.failures), "accuracy": float(solved.mean()),
+            "reward/failures": r.num_failures, "rollout/rows_scored_here": len(r.owned), "accuracy": float(solved.mean()),
             "groups/zero_signal_frac": float(np.mean(np.all(grouped == grouped[:, :1], axis=1))),
             "advantage/mean": float(adv_values.mean()), "advantage/std": float(adv_values.std()),
             "advantage/abs_mean": float(np.abs(adv_values).mean()),

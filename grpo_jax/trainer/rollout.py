@@ -3,6 +3,11 @@
 Host-side glue between the pure pieces (tokenizer, ``grpo_jax.sampling.generate``, ``grpo_jax.rewards.score``,
 ``grpo_jax.losses.group_advantages``). Arrays here are NumPy; the jitted programs place them on the mesh.
 Row layout everywhere: completion j of prompt i is row i * G + j.
+
+Multi-host: every process holds the token arrays of the whole batch (a few MB), but decodes and rewards only
+the rows it *owns* (``grpo_jax.distributed.owned_rows``: the groups whose first row its devices hold), so
+decoding and rewarding (running test programs, say) are split between the hosts, never repeated; the
+rewards are then summed over the hosts into the global arrays every process continues with.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import jax
 import numpy as np
 
 from grpo_jax.data import Example
-from grpo_jax.distributed import to_host
+from grpo_jax.distributed import max_over_hosts, owned_rows, scatter_rows, sum_over_hosts, to_host
 from grpo_jax.models.tokenizer import render_prompt
 from grpo_jax.rewards import RewardFailure, RewardSpec, overlong_penalty, score
 from grpo_jax.sampling import SampleResult, SamplingConfig, bucket_size, generate
@@ -28,8 +33,11 @@ class Rollout:
 
     prompt_ids / prompt_mask: [B, P] int32, left-padded to a length bucket.
     tokens / completion_mask: [B*G, T] int32; policy_logprobs: [B*G, T] float32 (the sampler's log pi);
-    finished: [B*G] bool (False = truncated at T); texts: B*G decoded completions;
-    rewards: [B*G] float32 total; per_reward: {name: [B*G]}; failures: reward failures.
+    finished: [B*G] bool (False = truncated at T);
+    rewards: [B*G] float32 total; per_reward: {name: [B*G]} (all rows, assembled from every host).
+    owned: the ascending row indices this process decoded and scored (every row in one process; None = all);
+    texts: the decoded completions of the ``owned`` rows, in that order;
+    failures: this process's reward failures (``index`` = row); num_failures: the count over all hosts.
     sample_s / reward_s: wall seconds spent sampling (incl. decoding to text) and scoring.
     """
 
@@ -46,10 +54,18 @@ class Rollout:
     failures: list[RewardFailure]
     sample_s: float = 0.0
     reward_s: float = 0.0
+    owned: np.ndarray | None = None
+    num_failures: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.owned is None:
+            self.owned = np.arange(len(self.tokens))
+        if self.num_failures is None:
+            self.num_failures = len(self.failures)
 
     @property
     def group_size(self) -> int:
-        return len(self.texts) // len(self.examples)
+        return len(self.tokens) // len(self.examples)
 
 
 def prompt_text_of(tokenizer: Any, example: Example, *, chat_template: bool, system_prompt: str | None,
@@ -82,10 +98,13 @@ def decode_completions(tokenizer: Any, tokens: np.ndarray, mask: np.ndarray) -> 
     return tokenizer.batch_decode([row[:n].tolist() for row, n in zip(tokens, lengths)], skip_special_tokens=True)
 
 
-def example_columns(examples: Sequence[Example], group_size: int) -> dict[str, list]:
-    """Reference fields as columns with one entry per completion (each example repeated G times)."""
+def example_columns(examples: Sequence[Example], group_size: int,
+                    rows: Sequence[int] | None = None) -> dict[str, list]:
+    """Reference fields as columns with one entry per completion (each example repeated G times), or per
+    completion of ``rows`` only (row i * G + j belongs to example i)."""
     keys = [k for k in examples[0] if k != "prompt" and all(k in e for e in examples)]
-    return {k: [e[k] for e in examples for _ in range(group_size)] for k in keys}
+    rows = range(len(examples) * group_size) if rows is None else rows
+    return {k: [examples[row // group_size][k] for row in rows] for k in keys}
 
 
 def rollout(model, params, tokenizer, examples: list[Example], key: jax.Array, sampling: SamplingConfig,
@@ -96,13 +115,23 @@ def rollout(model, params, tokenizer, examples: list[Example], key: jax.Array, s
     ``overlong_buffer``: add DAPO's soft overlong penalty (max_length = max_new_tokens) to the total reward.
     """
     t0 = time.perf_counter()
+    g = sampling.num_generations
     ids, mask = encode_prompts(tokenizer, prompt_texts, buckets=sampling.prompt_length_buckets,
                                pad_id=sampling.pad_token_id, add_special_tokens=add_special_tokens)
     result: SampleResult = generate(model, params, ids, mask, key, sampling)
     tokens, cmask, plp, finished = to_host((result.tokens, result.mask, result.policy_logprobs, result.finished))
-    texts = decode_completions(tokenizer, tokens, cmask)
+    n = len(tokens)
+    owned = owned_rows(result.tokens.sharding, n, g)
+    texts = decode_completions(tokenizer, tokens[owned], cmask[owned])
     t1 = time.perf_counter()
-    total, per_reward, failures = score(specs, texts, example_columns(examples, sampling.num_generations))
+    local_total, local_per_reward, failures = score(specs, texts, example_columns(examples, g, owned))
+    failures = [dataclasses.replace(f, index=int(owned[f.index])) for f in failures]
+    merged = sum_over_hosts({
+        "total": scatter_rows(owned, local_total, n),
+        "per_reward": {k: scatter_rows(owned, v, n) for k, v in local_per_reward.items()},
+        "failures": np.asarray([len(failures)], np.int64),
+    })
+    total, per_reward = merged["total"], merged["per_reward"]
     if overlong_buffer is not None:
         lengths = cmask.sum(axis=1) + (~finished)  # a truncated completion counts as longer than the limit
         penalty = np.asarray(overlong_penalty(lengths.tolist(), max_length=sampling.max_new_tokens,
@@ -110,7 +139,8 @@ def rollout(model, params, tokenizer, examples: list[Example], key: jax.Array, s
         per_reward["overlong"] = penalty
         total = total + penalty
     return Rollout(list(examples), ids, mask, tokens, cmask, plp, finished, texts, total.astype(np.float32),
-                   per_reward, failures, sample_s=t1 - t0, reward_s=time.perf_counter() - t1)
+                   per_reward, failures, sample_s=t1 - t0, reward_s=time.perf_counter() - t1, owned=owned,
+                   num_failures=int(merged["failures"][0]))
 
 
 def select_groups(rollouts: Sequence[Rollout], groups: Sequence[tuple[int, int]], pad_id: int) -> Rollout:
@@ -125,6 +155,9 @@ def select_groups(rollouts: Sequence[Rollout], groups: Sequence[tuple[int, int]]
     prompt_rows = [(r, i) for r, i in groups]
     comp_rows = np.array([i * g + j for _, i in groups for j in range(g)])
     comp_src = [r for r, _ in groups for _ in range(g)]
+    # the texts this process holds (of the rows it owns), by (rollout, row)
+    text_of = {(r, int(row)): text for r, ro in enumerate(rollouts) for row, text in zip(ro.owned, ro.texts)}
+    owned = np.array([k for k, (r, row) in enumerate(zip(comp_src, comp_rows)) if (r, int(row)) in text_of], int)
 
     def gather_rows(field: str) -> np.ndarray:
         return np.stack([getattr(rollouts[r], field)[row] for r, row in zip(comp_src, comp_rows)])
@@ -135,12 +168,13 @@ def select_groups(rollouts: Sequence[Rollout], groups: Sequence[tuple[int, int]]
         prompt_mask=np.stack([left_pad(rollouts[r].prompt_mask, 0)[i] for r, i in prompt_rows]),
         tokens=gather_rows("tokens"), completion_mask=gather_rows("completion_mask"),
         policy_logprobs=gather_rows("policy_logprobs"), finished=gather_rows("finished"),
-        texts=[rollouts[r].texts[row] for r, row in zip(comp_src, comp_rows)],
+        texts=[text_of[(comp_src[k], int(comp_rows[k]))] for k in owned],
         rewards=gather_rows("rewards"),
         per_reward={k: np.stack([rollouts[r].per_reward[k][row] for r, row in zip(comp_src, comp_rows)])
                     for k in rollouts[0].per_reward},
         failures=[f for r in rollouts for f in r.failures],
         sample_s=sum(r.sample_s for r in rollouts), reward_s=sum(r.reward_s for r in rollouts),
+        owned=owned, num_failures=sum(r.num_failures for r in rollouts),
     )
 
 
@@ -180,26 +214,30 @@ def token_end(tokenizer: Any, tokens: Sequence[int], char_end: int) -> int:
 
 def step_arrays(tokenizer: Any, r: Rollout,
                 steps: Sequence[Sequence[tuple[int, float]]]) -> tuple[np.ndarray, np.ndarray]:
-    """Step rewards [N, S] and their last-token indices [N, S] (-1 = padding) for process_advantages.
+    """Step rewards [N, S] and their last-token indices [N, S] (-1 = padding) for process_advantages, for all
+    N rows (assembled from every host).
 
-    ``steps[i]`` are completion i's ``(end character, reward)`` pairs; the completion's end is appended as a
-    final step rewarded with its total outcome reward. A completion without tokens has no steps.
+    ``steps[i]`` are the ``(end character, reward)`` pairs of the completion ``r.texts[i]`` (row
+    ``r.owned[i]``); the completion's end is appended as a final step rewarded with its total outcome reward.
+    A completion without tokens has no steps.
     """
-    n = len(r.texts)
     per_row: list[list[tuple[int, float]]] = []
-    for i in range(n):
-        length = int(r.completion_mask[i].sum())
+    for i, row in enumerate(r.owned):
+        length = int(r.completion_mask[row].sum())
         if length == 0:
             per_row.append([])
             continue
-        tokens = r.tokens[i, :length].tolist()
+        tokens = r.tokens[row, :length].tolist()
         ends = [(token_end(tokenizer, tokens, end), float(reward)) for end, reward in steps[i]]
-        ends.append((length - 1, float(r.rewards[i])))
+        ends.append((length - 1, float(r.rewards[row])))
         per_row.append(ends)
-    s = max(1, max(len(row) for row in per_row))
-    rewards = np.zeros((n, s), np.float32)
-    positions = np.full((n, s), -1, np.int32)
+    s = max_over_hosts(max([1] + [len(row) for row in per_row]))
+    rewards = np.zeros((len(per_row), s), np.float32)
+    positions = np.full((len(per_row), s), -1, np.int32)
     for i, row in enumerate(per_row):
         for j, (end, reward) in enumerate(row):
             rewards[i, j], positions[i, j] = reward, end
-    return rewards, positions
+    n = len(r.tokens)
+    merged = sum_over_hosts({"rewards": scatter_rows(r.owned, rewards, n),
+                             "ends": scatter_rows(r.owned, positions + 1, n)})  # + 1: padding -1 sums as 0
+    return merged["rewards"], merged["ends"] - 1

@@ -24,9 +24,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from grpo_jax.distributed import global_rows
 from grpo_jax.losses import grpo_loss, masked_mean, token_logprobs_from_hidden
 from grpo_jax.models.model import positions_from_mask
 from grpo_jax.models.transformer import Transformer, unembedding_matrix
@@ -63,6 +65,15 @@ def batch_sharding(mesh: Mesh, shape: tuple[int, ...]) -> NamedSharding:
     return logical_sharding(("batch",) + (None,) * (len(shape) - 1), shape, mesh)
 
 
+def place_rows(x: Any, mesh: Mesh) -> jax.Array:
+    """``x`` with rows over the mesh's batch axes. A host array is the same global value on every process;
+    each process copies only its own devices' rows (``grpo_jax.distributed.global_rows``)."""
+    sharding = batch_sharding(mesh, np.shape(x))
+    if isinstance(x, jax.Array):
+        return jax.device_put(x, sharding)
+    return global_rows(np.asarray(x), sharding)
+
+
 def split_micro(x: jax.Array, k: int) -> jax.Array:
     """[M, ...] -> [K, M / K, ...]; micro-batch j takes rows j, K + j, 2K + j, ... so that every device keeps
     an even share of each micro-batch when rows are sharded."""
@@ -84,7 +95,7 @@ def make_logprobs_fn(model: Transformer, mesh: Mesh, temperature: float, micro_b
     jitted = jax.jit(program, static_argnums=(3,))
 
     def run(params, input_ids, attention_mask, completion_length):
-        ids, mask = (jax.device_put(x, batch_sharding(mesh, x.shape)) for x in (input_ids, attention_mask))
+        ids, mask = (place_rows(x, mesh) for x in (input_ids, attention_mask))
         return jitted(params, ids, mask, completion_length)
 
     return run
@@ -184,7 +195,7 @@ def make_update_fn(model: Transformer, optimizer: optax.GradientTransformation, 
 
     @functools.wraps(program)
     def run(state: TrainState, batch: dict[str, Any]):
-        rows = {key: jax.device_put(value, batch_sharding(mesh, value.shape)) for key, value in batch.items()}
+        rows = {key: place_rows(value, mesh) for key, value in batch.items()}
         return jitted(state, rows)
 
     return run
