@@ -38,6 +38,8 @@ setup(
         "test": ["pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6.100", "torch>=2.4", "tokenizers>=0.20"],
         "tpu": ["jax[tpu]>=0.10.2"],
         "gpu": ["jax[cuda12]>=0.10.2"],
+        # gs:// run directories: orbax and grpo_jax.storage reach Cloud Storage through etils.epath -> fsspec
+        "gcs": ["gcsfs>=2024.6.0"],
         # optional task source: reasoning-gym's procedural generators (grpo_jax.data.reasoning_gym_tasks)
         "reasoning-gym": ["reasoning-gym>=0.1.25"],
     },

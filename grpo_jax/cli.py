@@ -19,9 +19,10 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
+
+from grpo_jax import storage
 
 
 def _add_dataclass_flags(parser: argparse.ArgumentParser, config_type: type) -> None:
@@ -66,13 +67,13 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume and not args.output_dir and not config.run.output_dir:
         raise ValueError("--resume needs --output-dir (the run directory to continue)")
     ctx = build_context(config, args.output_dir)
-    os.makedirs(ctx.output_dir, exist_ok=True)
+    storage.makedirs(ctx.output_dir)
     print(f"grpo-jax: training {config.name!r} into {ctx.output_dir}", file=sys.stderr)
     trainer = GRPOTrainer(ctx, resume=args.resume)
     trainer.run()
     if trainer.is_writer:
-        sft_dir = os.path.join(ctx.output_dir, "sft")
-        if os.path.isfile(os.path.join(sft_dir, "metrics.jsonl")):
+        sft_dir = storage.join(ctx.output_dir, "sft")
+        if storage.exists(storage.join(sft_dir, "metrics.jsonl")):
             print("SFT warm-up:\n" + summarize(read_metrics(sft_dir)))
         print("GRPO:\n" + summarize(read_metrics(ctx.output_dir)))
         print(f"outputs in {ctx.output_dir}: checkpoints/, metrics.jsonl, tensorboard/, curves.png")
@@ -80,7 +81,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _sft(args: argparse.Namespace) -> int:
-    from grpo_jax.models import save_pretrained
     from grpo_jax.trainer import build_context
     from grpo_jax.trainer.sft import run_sft
 
@@ -89,9 +89,8 @@ def _sft(args: argparse.Namespace) -> int:
         raise ValueError("sft.steps is 0; set e.g. sft.steps=300")
     ctx = build_context(config, args.output_dir)
     params = run_sft(ctx, ctx.params)
-    out = os.path.join(ctx.output_dir, "hf")
-    save_pretrained(ctx.model, params, out)
-    ctx.tokenizer.save_pretrained(out)
+    out = storage.join(ctx.output_dir, "hf")
+    _save_hf(ctx, params, out)
     print(f"SFT checkpoint written to {out} (train from it with model.path={out})")
     return 0
 
@@ -113,20 +112,29 @@ def _eval(args: argparse.Namespace) -> int:
     if not metrics:
         raise ValueError("the run's data.eval_examples is 0; pass data.eval_examples=N")
     metrics["step"] = step
-    path = os.path.join(args.run_dir, f"eval-step{step}.json")
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(metrics, f, indent=2)
+    storage.write_text(storage.join(args.run_dir, f"eval-step{step}.json"), json.dumps(metrics, indent=2))
     print(json.dumps(metrics, indent=2))
     return 0
 
 
-def _export(args: argparse.Namespace) -> int:
+def _save_hf(ctx, params, out: str, **kwargs) -> None:
+    """A Hugging Face checkpoint (safetensors, config, tokenizer) at ``out``, a local path or a URL (written
+    locally, then copied there)."""
     from grpo_jax.models import save_pretrained
+
+    stage = storage.StagedDir(out)
+    try:
+        save_pretrained(ctx.model, params, stage.local, **kwargs)
+        ctx.tokenizer.save_pretrained(stage.local)
+    finally:
+        stage.close()
+
+
+def _export(args: argparse.Namespace) -> int:
     from grpo_jax.models.config import DTYPES
 
     ctx, params, step = _restored(args)
-    save_pretrained(ctx.model, params, args.out_dir, dtype=DTYPES[args.dtype])
-    ctx.tokenizer.save_pretrained(args.out_dir)
+    _save_hf(ctx, params, args.out_dir, dtype=DTYPES[args.dtype])
     print(f"exported step {step} of {args.run_dir} to {args.out_dir}")
     return 0
 

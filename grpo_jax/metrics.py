@@ -16,6 +16,8 @@ Train and eval metrics of one step may be written by separate calls; :func:`read
 dict per step.
 
 Multi-host runs: construct the writer with ``enabled=jax.process_index() == 0`` so that only one process writes.
+The output directory may be a URL (``gs://bucket/run``): the files are then staged locally and copied there
+(``grpo_jax.storage.StagedDir``) every SYNC_INTERVAL_S seconds, on :meth:`MetricsWriter.flush` and on close.
 Resuming from a checkpoint at step k: pass ``resume_step=k`` so that lines logged after that checkpoint by the
 killed run are dropped and the file keeps one history.
 
@@ -24,6 +26,7 @@ tensorboardX and matplotlib are imported only when used.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import operator
@@ -34,6 +37,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import IO, Any
 
 import numpy as np
+
+from grpo_jax import storage
 
 METRICS_FILENAME = "metrics.jsonl"
 TENSORBOARD_DIRNAME = "tensorboard"
@@ -154,8 +159,7 @@ def _parse_lines(path: str) -> Iterator[tuple[dict[str, Any], str]]:
     a warning. Any other line that is not a JSON object with a non-negative integer "step" raises ValueError
     naming the file and line number.
     """
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines(keepends=True)
+    lines = storage.read_text(path).splitlines(keepends=True)
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -175,28 +179,10 @@ def _parse_lines(path: str) -> Iterator[tuple[dict[str, Any], str]]:
         yield record, line
 
 
-def _atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` through a temporary file beside it and os.replace: readers never see it half-written.
-
-    The temporary file is made by open(), so the result has the usual permissions (umask), unlike mkstemp's 0600.
-    """
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _metrics_path(path: str | os.PathLike[str]) -> str:
     """``path`` itself when it is a file, ``path/metrics.jsonl`` when it is a directory."""
     path = os.fspath(path)
-    return os.path.join(path, METRICS_FILENAME) if os.path.isdir(path) else path
+    return storage.join(path, METRICS_FILENAME) if storage.isdir(path) else path
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -207,7 +193,7 @@ class MetricsWriter:
     """Writes a run's metrics to ``OUTPUT_DIR/metrics.jsonl``, TensorBoard and a tqdm progress bar.
 
     Args:
-      output_dir: the run's directory (created if missing).
+      output_dir: the run's directory (created if missing), a local path or a URL such as ``gs://bucket/run``.
       enabled: False on processes that must not write (non-zero processes of a multi-host run): then nothing is
         written and no file or directory is created; ``write`` only checks its arguments.
       tensorboard: also write the scalars to ``OUTPUT_DIR/tensorboard/`` (tensorboardX event files). They are
@@ -242,23 +228,26 @@ class MetricsWriter:
         if resume_step is not None:
             resume_step = _check_step("MetricsWriter", "resume_step", resume_step)
         self.output_dir = os.fspath(output_dir)
-        self.path = os.path.join(self.output_dir, METRICS_FILENAME)
+        self.path = storage.join(self.output_dir, METRICS_FILENAME)
         self.enabled = enabled
         self._closed = False
         self._file: IO[str] | None = None
+        self._stage: storage.StagedDir | None = None
         self._tensorboard: Any = None
         self._bar: Any = None
         self._postfix: dict[str, str] = {}
         if not enabled:
             return
-        os.makedirs(self.output_dir, exist_ok=True)
+        self._stage = storage.StagedDir(self.output_dir)  # the directory itself when it is local
+        self._stage.pull(METRICS_FILENAME)
+        self._local_path = os.path.join(self._stage.local, METRICS_FILENAME)
         self._repair(resume_step)
-        self._file = open(self.path, "a", encoding="utf-8")
+        self._file = open(self._local_path, "a", encoding="utf-8")
         if tensorboard:
             from tensorboardX import SummaryWriter
 
             self._tensorboard = SummaryWriter(
-                logdir=os.path.join(self.output_dir, TENSORBOARD_DIRNAME),
+                logdir=os.path.join(self._stage.local, TENSORBOARD_DIRNAME),
                 purge_step=None if resume_step is None else resume_step + 1,
                 flush_secs=TENSORBOARD_FLUSH_SECS,
             )
@@ -271,15 +260,14 @@ class MetricsWriter:
 
     def _repair(self, resume_step: int | None) -> None:
         """Drop lines after ``resume_step`` and a truncated last line; rewrite the file only if that changes."""
-        if not os.path.exists(self.path):
+        if not os.path.exists(self._local_path):
             return
-        with open(self.path, encoding="utf-8") as f:
-            original = f.read()
-        kept = [line for record, line in _parse_lines(self.path)
+        original = storage.read_text(self._local_path)
+        kept = [line for record, line in _parse_lines(self._local_path)
                 if resume_step is None or record["step"] <= resume_step]
         text = "".join(line if line.endswith("\n") else line + "\n" for line in kept)
         if text != original:
-            _atomic_write(self.path, lambda f: f.write(text.encode("utf-8")))
+            storage.write_text(self._local_path, text)
 
     def write(self, step: int, metrics: Mapping[str, float | int]) -> None:
         """Append ``{"step": step, **metrics}`` as one JSON line (flushed), log the scalars, update the bar.
@@ -305,6 +293,16 @@ class MetricsWriter:
                     self._tensorboard.add_scalar(key, value, global_step=step)
         if self._bar is not None:
             self._update_bar(record)
+        self._stage.sync(force=False)
+
+    def flush(self) -> None:
+        """Make everything written so far durable at the output directory (for a URL: copy it there now).
+        The trainer calls this before each checkpoint, so a resumed run's history has no gap."""
+        if not self.enabled or self._closed:
+            return
+        if self._tensorboard is not None:
+            self._tensorboard.flush()
+        self._stage.sync()
 
     def _update_bar(self, record: Mapping[str, Any]) -> None:
         for key in PROGRESS_KEYS:
@@ -326,6 +324,8 @@ class MetricsWriter:
             self._tensorboard.close()
         if self._bar is not None:
             self._bar.close()
+        if self._stage is not None:
+            self._stage.close()
 
     def __enter__(self) -> MetricsWriter:
         return self
@@ -353,7 +353,7 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, int | float]]:
       skipped with a warning); the message names the file and the line number.
     """
     file = _metrics_path(path)
-    if not os.path.isfile(file):
+    if not storage.exists(file) or storage.isdir(file):
         raise FileNotFoundError(
             f"read_metrics: no metrics file at {file!r} (expected {METRICS_FILENAME} or the directory holding it)"
         )
@@ -392,7 +392,7 @@ def plot_metrics(
 
     metrics_file = _metrics_path(output_dir_or_metrics_path)
     records = read_metrics(metrics_file)
-    png = os.path.join(os.path.dirname(metrics_file), PLOT_FILENAME) if png_path is None else os.fspath(png_path)
+    png = storage.join(os.path.dirname(metrics_file), PLOT_FILENAME) if png_path is None else os.fspath(png_path)
     keys = sorted({k for r in records for k in r})
     panels = [(title, selected) for title, select in PANELS if (selected := select(keys))]
 
@@ -414,8 +414,11 @@ def plot_metrics(
         ax.set_axis_off()
     if not panels:
         axes[0].text(0.5, 0.5, "no data", ha="center", va="center", fontsize=14, transform=axes[0].transAxes)
-    fig.suptitle(os.path.dirname(os.path.abspath(metrics_file)), fontsize="small")
-    _atomic_write(png, lambda f: fig.savefig(f, format="png", dpi=100))
+    where = os.path.dirname(metrics_file if storage.is_url(metrics_file) else os.path.abspath(metrics_file))
+    fig.suptitle(where, fontsize="small")
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=100)
+    storage.write_bytes(png, image.getvalue())
     return png
 
 

@@ -197,7 +197,7 @@ def test_setup_dry_run_archives_copies_and_installs_on_all_workers(tmp_path):
     assert "tar -xzf ~/grpo_jax.tar.gz -C ~/grpo_jax" in command
     assert "uv venv --seed --allow-existing --python 3.11 ~/grpo_jax_venv" in command
     assert command.endswith('cd ~/grpo_jax && ~/grpo_jax_venv/bin/python -m pip install --quiet '
-                            '-c constraints.txt ".[tpu]"')
+                            '-c constraints.txt ".[tpu,gcs]"')
     assert "--worker=all" in verify and "jax.device_count()" in remote_command(verify)
     assert not tarball.parent.exists()  # a dry run writes nothing
 
@@ -250,7 +250,7 @@ def test_setup_ships_the_repository_and_the_install_command_works(fake_gcloud, t
         ["python3", str(home), "-m", "pip", "install", "--user", "--quiet", "--upgrade", "uv"],
         ["python3", str(home), "-m", "uv", "venv", "--seed", "--allow-existing", "--python", "3.11",
          str(home / "grpo_jax_venv")],
-        ["python", str(home / "grpo_jax"), "-m", "pip", "install", "--quiet", "-c", "constraints.txt", ".[tpu]"],
+        ["python", str(home / "grpo_jax"), "-m", "pip", "install", "--quiet", "-c", "constraints.txt", ".[tpu,gcs]"],
     ]
     assert (home / "grpo_jax" / "setup.py").is_file() and (home / "grpo_jax" / "constraints.txt").is_file()
     assert (home / "grpo_jax" / "tpu_configs").is_dir() and (home / "grpo_jax" / "checkpoints").is_dir()

@@ -6,7 +6,7 @@
 Steps: (1) ``git archive`` packs the committed tree (``--ref``, default HEAD; uncommitted changes are not
 shipped) into a local tarball; (2) ``gcloud compute tpus tpu-vm scp --worker=all`` copies it to every
 worker; (3) one ``gcloud compute tpus tpu-vm ssh --worker=all`` unpacks it into ~/grpo_jax and installs
-``pip install -c constraints.txt '.[tpu]'`` into ~/grpo_jax_venv. The constrained JAX needs Python >= 3.11
+``pip install -c constraints.txt '.[tpu,gcs]'`` into ~/grpo_jax_venv. The constrained JAX needs Python >= 3.11
 and the TPU images ship Ubuntu 22.04's Python 3.10, so the virtual environment gets its Python from uv
 (installed with the image's pip). Files other than the package under ~/grpo_jax (weights, data) survive a
 re-run.
@@ -36,7 +36,7 @@ def _python_version(value: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = _common.parser(
         "Copy this repository (git archive of --ref) to every worker of a TPU VM and install grpo_jax with "
-        "its tpu extra (jax[tpu]) into a virtual environment there.",
+        "its tpu and gcs extras (jax[tpu], gcsfs for gs:// run directories) into a virtual environment there.",
         epilog="example:\n  %(prog)s --name my-pod --zone us-central2-b --verify")
     p.add_argument("--ref", default="HEAD", help="the git commit, branch or tag to ship (default: HEAD)")
     p.add_argument("--tarball", default=DEFAULT_TARBALL,
@@ -62,7 +62,7 @@ def install_command(python_version: str) -> str:
         "python3 -m pip install --user --quiet --upgrade uv",
         f"python3 -m uv venv --seed --allow-existing --python {shlex.quote(python_version)} {venv}",
         f"cd {repo}",
-        f"{venv}/bin/python -m pip install --quiet -c constraints.txt \".[tpu]\"",
+        f"{venv}/bin/python -m pip install --quiet -c constraints.txt \".[tpu,gcs]\"",
     ]
     return " && ".join(steps)
 

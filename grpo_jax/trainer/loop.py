@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from grpo_jax import sampling as sampling_lib
+from grpo_jax import storage
 from grpo_jax.checkpoint import Checkpointer
 from grpo_jax.data import Example, PromptStream
 from grpo_jax.distributed import to_host
@@ -162,7 +163,7 @@ class GRPOTrainer:
         self.is_writer = jax.process_index() == 0
         total_updates = cfg.run.max_steps * self.g.num_iterations * self.g.num_minibatches
         self.optimizer, self.schedule = build_optimizer(cfg.optimizer, total_updates)
-        self.checkpointer = Checkpointer(os.path.join(ctx.output_dir, CHECKPOINT_DIR),
+        self.checkpointer = Checkpointer(storage.join(ctx.output_dir, CHECKPOINT_DIR),
                                          max_to_keep=cfg.run.save_total_limit, async_save=cfg.run.async_save)
         self.stream = ctx.prompt_stream(batch_size=cfg.data.batch_size, seed=cfg.data.seed)
         self.start_step = 0
@@ -208,8 +209,7 @@ class GRPOTrainer:
                                      progress=cfg.run.progress, total_steps=cfg.run.max_steps,
                                      resume_step=self.start_step if resume else None)
         if self.is_writer:
-            with open(os.path.join(ctx.output_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
-                json.dump(cfg.to_dict(), f, indent=2)
+            storage.write_text(storage.join(ctx.output_dir, CONFIG_FILE), json.dumps(cfg.to_dict(), indent=2))
 
     def _check_resumable(self, meta: dict) -> None:
         saved = meta.get("config", {})
@@ -353,6 +353,7 @@ class GRPOTrainer:
                     last.update(self._eval(step))
                 self.metrics.write(step, last)
                 if step == run.max_steps or (run.save_steps and step % run.save_steps == 0):
+                    self.metrics.flush()  # the metrics up to a checkpoint are at the output dir before it
                     self.checkpointer.save(step, self.state, self._meta(step, last))
             self.checkpointer.wait_until_finished()
         finally:
@@ -367,7 +368,7 @@ def train(config: TrainConfig, *, output_dir: str | None = None, resume: bool = 
     """Train ``config`` end to end; returns the last step's metrics. Writes into ``output_dir``: checkpoints/,
     metrics.jsonl, tensorboard/, curves.png, config.json (see the README)."""
     ctx = build_context(config, output_dir)
-    os.makedirs(ctx.output_dir, exist_ok=True)
+    storage.makedirs(ctx.output_dir)
     trainer = GRPOTrainer(ctx, resume=resume)
     last = trainer.run()
     if trainer.is_writer:
@@ -379,11 +380,10 @@ def load_run_config(run_dir: str, overrides: Sequence[str] = ()) -> TrainConfig:
     """The TrainConfig a run in ``run_dir`` was trained with (its config.json), with ``overrides`` applied."""
     from grpo_jax.trainer.config import apply_overrides
 
-    path = os.path.join(run_dir, CONFIG_FILE)
-    if not os.path.isfile(path):
+    path = storage.join(run_dir, CONFIG_FILE)
+    if not storage.exists(path):
         raise FileNotFoundError(f"{run_dir!r} is not a training run directory: it has no {CONFIG_FILE}")
-    with open(path, encoding="utf-8") as f:
-        return apply_overrides(TrainConfig.from_dict(json.load(f)), overrides)
+    return apply_overrides(TrainConfig.from_dict(json.loads(storage.read_text(path))), overrides)
 
 
 def restore_params(ctx: RunContext, step: int | None = None) -> tuple[Any, int]:
@@ -392,6 +392,6 @@ def restore_params(ctx: RunContext, step: int | None = None) -> tuple[Any, int]:
     optimizer, _ = build_optimizer(ctx.config.optimizer, 1)
     target = abstract_train_state(ctx.params, optimizer, ctx.mesh, with_reference=g.beta > 0)
     ctx.params = None
-    with Checkpointer(os.path.join(ctx.output_dir, CHECKPOINT_DIR), async_save=False, max_to_keep=None) as ckpt:
+    with Checkpointer(storage.join(ctx.output_dir, CHECKPOINT_DIR), async_save=False, max_to_keep=None) as ckpt:
         state, meta = ckpt.restore(target, step=step)
     return state.params, int(meta["step"])

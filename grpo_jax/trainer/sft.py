@@ -10,7 +10,7 @@ after. A run killed during the warm-up redoes it on resume (it is short and dete
 from __future__ import annotations
 
 import logging
-import os
+from grpo_jax import storage
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -66,7 +66,7 @@ def run_sft(ctx: "RunContext", params: Any) -> Any:
                             temperature=1.0, accumulation_steps=1, token_weighted=True, name="sft_update")
     stream = ctx.prompt_stream(batch_size=cfg.batch_size, seed=ctx.config.data.seed + 1)
     key = jax.random.key(ctx.config.run.seed + 7)
-    out_dir = os.path.join(ctx.output_dir, "sft")
+    out_dir = storage.join(ctx.output_dir, "sft")
     with MetricsWriter(out_dir, enabled=jax.process_index() == 0, tensorboard=ctx.config.run.tensorboard,
                        progress=ctx.config.run.progress, total_steps=cfg.steps) as writer:
         before = ctx.eval_metrics(state.params, key)
