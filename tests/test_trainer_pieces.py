@@ -52,6 +52,20 @@ def test_reward_specs_follow_the_config():
     assert specs[0].fn(["#### 7", "8"], answer=["7", "7"]) == [1.0, 0.0]
 
 
+def test_own_rewards_are_imported_by_module_path():
+    from grpo_jax.trainer import ConfigError
+
+    specs = reward_specs(GRPOConfig(rewards=("math", "grpo_jax.rewards.format:format_reward")))
+    assert specs[1].name == "grpo_jax.rewards.format:format_reward"
+    assert specs[1].fn(["<think>a</think><answer>1</answer>", "1"]) == [1.0, 0.0]
+    with pytest.raises(ConfigError, match="cannot import module 'no_such_module'"):
+        reward_specs(GRPOConfig(rewards=("no_such_module:fn",)))
+    with pytest.raises(ConfigError, match="module 'grpo_jax.rewards' has no function 'nothing'"):
+        reward_specs(GRPOConfig(rewards=("grpo_jax.rewards:nothing",)))
+    with pytest.raises(ConfigError, match="'module:function' import paths"):
+        GRPOConfig(rewards=("not a path",))
+
+
 def test_prompts_are_left_padded_to_a_bucket():
     tok = build_char_tokenizer(ARITHMETIC_ALPHABET)
     ids, mask = encode_prompts(tok, ["1 + 2 = ?", "10 + 20 = ?"], buckets=(8, 16), pad_id=0, add_special_tokens=False)

@@ -53,6 +53,12 @@ DTYPE_NAMES = ("float32", "bfloat16", "float16")
 MESH_AXES = ("data", "fsdp", "tensor")
 
 
+def is_import_path(name: str) -> bool:
+    """Whether ``name`` reads as "package.module:attribute" (a user-defined function to import)."""
+    module, sep, attr = name.partition(":")
+    return bool(sep) and all(p.isidentifier() for p in module.split(".")) and attr.isidentifier()
+
+
 def _require(ok: bool, section: str, field: str, value: Any, expected: str) -> None:
     if not ok:
         raise ConfigError(f"{section}.{field}={value!r} is invalid: expected {expected}")
@@ -209,7 +215,8 @@ class GRPOConfig:
     dynamic_sampling: DAPO: drop groups whose rewards are all equal and sample more prompts to refill the
       batch, at most ``max_resample_rounds`` extra rounds (then the remaining slots keep zero-signal groups).
     ref_model_sync_steps: copy the policy into the reference model every N steps (0 = never).
-    rewards / reward_weights: reward functions by name (see REWARDS) and their weights.
+    rewards / reward_weights: reward functions by name (see REWARDS), or your own as "package.module:function"
+      (TRL's convention: ``fn(completions, **example_fields) -> list[float | None]``), and their weights.
     accuracy_reward: the reward whose value 1 means "solved" (accuracy, pass@1, maj@k); default: the first.
     overlong_penalty: add DAPO's soft overlong penalty with a buffer of ``overlong_buffer`` tokens.
     step_reward: process supervision (DeepSeekMath 4.1.3): a step reward from STEP_REWARDS scores each step of
@@ -261,8 +268,9 @@ class GRPOConfig:
         _choice(s, self, "importance_sampling_level", RATIO_LEVELS)
         _choice(s, self, "loss_type", tuple(LOSS_TYPES))
         _choice(s, self, "scale_rewards", ADVANTAGE_SCALES)
-        _require(len(self.rewards) > 0 and all(r in REWARDS for r in self.rewards), s, "rewards", self.rewards,
-                 f"a non-empty tuple of reward names from {REWARDS}")
+        _require(len(self.rewards) > 0 and all(r in REWARDS or is_import_path(r) for r in self.rewards), s,
+                 "rewards", self.rewards, f"a non-empty tuple of reward names from {REWARDS} or 'module:function' "
+                 "import paths of your own reward functions")
         _require(len(set(self.rewards)) == len(self.rewards), s, "rewards", self.rewards, "distinct names")
         if self.reward_weights is not None:
             _require(len(self.reward_weights) == len(self.rewards), s, "reward_weights", self.reward_weights,

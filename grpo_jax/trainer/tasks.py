@@ -15,6 +15,7 @@ ever trained on, even in small procedural tasks where the same prompt occurs man
 from __future__ import annotations
 
 import functools
+import importlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,7 +25,7 @@ from grpo_jax.data.example import prompt_text
 from grpo_jax.data.iteration import Subset, hash_unit
 from grpo_jax.rewards import RewardSpec, code_reward, format_reward, math_reward
 from grpo_jax.rewards.steps import arithmetic_step_rewards
-from grpo_jax.trainer.config import ConfigError, DataConfig, GRPOConfig
+from grpo_jax.trainer.config import ConfigError, DataConfig, GRPOConfig, is_import_path
 
 
 def load_examples(data: DataConfig) -> Sequence[Example]:
@@ -98,9 +99,24 @@ def reward_specs(grpo: GRPOConfig) -> list[RewardSpec]:
             from grpo_jax.data.reasoning_gym_tasks import reasoning_gym_reward
 
             return reasoning_gym_reward
+        if is_import_path(name):
+            return import_reward(name)
         raise ConfigError(f"grpo.rewards: unknown reward {name!r}")
 
     return [RewardSpec(make(name), weight=w, name=name) for name, w in zip(grpo.rewards, grpo.weights)]
+
+
+def import_reward(path: str):
+    """The function a "package.module:function" reward names (the module must be importable)."""
+    module_name, _, attr = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(f"grpo.rewards: cannot import module {module_name!r} of reward {path!r}: {e}") from e
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ConfigError(f"grpo.rewards: {path!r}: module {module_name!r} has no function {attr!r}")
+    return fn
 
 
 REWARD_FIELDS = {"math": ("answer",), "code": ("tests",), "reasoning_gym": ("rg_dataset", "rg_config", "rg_metadata"),
@@ -110,7 +126,7 @@ REWARD_FIELDS = {"math": ("answer",), "code": ("tests",), "reasoning_gym": ("rg_
 def check_reward_fields(grpo: GRPOConfig, data: DataConfig, example: Example) -> None:
     """Raise ConfigError when a configured reward needs an example field the task does not provide."""
     for name in grpo.rewards:
-        missing = [f for f in REWARD_FIELDS[name] if f not in example]
+        missing = [f for f in REWARD_FIELDS.get(name, ()) if f not in example]  # own rewards: checked when called
         if missing:
             raise ConfigError(
                 f"grpo.rewards includes {name!r}, which reads the example field(s) {missing}, but data.task="
