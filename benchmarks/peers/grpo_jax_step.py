@@ -31,6 +31,8 @@ def main() -> None:
     parser.add_argument("--num-generations", type=int, default=workload.NUM_GENERATIONS)
     parser.add_argument("--max-new-tokens", type=int, default=workload.MAX_NEW_TOKENS)
     parser.add_argument("--prompts-per-step", type=int, default=workload.PROMPTS_PER_STEP)
+    parser.add_argument("--gradient-accumulation-steps", type=int, default=1,
+                        help="micro-batches per update (less memory for long completions)")
     args = parser.parse_args()
 
     start = time.perf_counter()
@@ -53,7 +55,7 @@ def main() -> None:
         optimizer=OptimizerConfig(learning_rate=workload.LEARNING_RATE, adam_beta1=workload.ADAM_BETAS[0],
                                   adam_beta2=workload.ADAM_BETAS[1], weight_decay=workload.WEIGHT_DECAY,
                                   max_grad_norm=workload.MAX_GRAD_NORM, lr_scheduler_type="constant",
-                                  warmup_steps=0),
+                                  warmup_steps=0, gradient_accumulation_steps=args.gradient_accumulation_steps),
         sft=SFTConfig(steps=0),
         run=RunConfig(max_steps=args.steps + 1, eval_steps=0, save_steps=0, tensorboard=False, progress=False,
                       plot=False),
@@ -86,6 +88,7 @@ def main() -> None:
               "parameters": parameters, "steps": steps, "first_step_s": first, "setup_s": setup_s,
               "num_generations": args.num_generations, "max_new_tokens": args.max_new_tokens,
               "prompts_per_step": args.prompts_per_step,
+              "gradient_accumulation_steps": args.gradient_accumulation_steps,
               "notes": f"jax {jax.__version__}, {jax.device_count()} {jax.devices()[0].platform} device(s), fp32"}
     workload.write_result(result, args.out)
 
