@@ -15,13 +15,14 @@ Equivalence is math-verify's (``math_verify.parse`` then ``math_verify.verify(go
 and \\frac{1}{2}, 1,000 and 1000, x+1 and 1+x, \\sqrt{4} and 2 all match. Both sides are parsed as if they were
 the content of a ``\\boxed{}``, so bare LaTeX (``\\sqrt{2}``) and bare expressions (``x+1``) parse.
 
-Timeouts and threads: math-verify's own timeouts use ``signal.alarm``, which works only in the main thread
-(elsewhere math-verify raises ValueError). In the main thread ``math_reward`` uses them; in any other thread it
-turns them off and bounds each parse and each check itself, with a watchdog thread that raises an exception in
-the scoring thread after ``timeout_seconds`` (CPython's ``PyThreadState_SetAsyncExc``; like a signal handler,
-it takes effect between bytecodes). Neither can stop a single huge integer computation running in C off the
-main thread, so predicted answers whose numbers would have more than ``MAX_DIGITS`` digits (``9^{9^{9}}``,
-``100000!``) are refused before math-verify evaluates them: they score 0.0 in every thread, at once. Sympy
+Timeouts: ``math_reward`` turns math-verify's own timeouts off (they use ``signal.alarm``, which works only in
+the main thread, and raise once: an alarm that lands while a garbage-collector callback or a ``__del__`` runs
+is swallowed there, and the parse then runs to its end). In every thread it bounds the check of each completion
+itself, with a watchdog thread that raises an exception in the scoring thread after ``timeout_seconds`` and
+again every ``REDELIVER_S`` until the check has ended (CPython's ``PyThreadState_SetAsyncExc``; like a signal
+handler, it takes effect between bytecodes). It cannot stop a single huge integer computation running in C,
+so predicted answers whose numbers would have more than ``MAX_DIGITS`` digits (``9^{9^{9}}``, ``100000!``)
+are refused before math-verify evaluates them: they score 0.0 at once. Sympy
 objects are never str()'d here: printing a huge one can hang as well.
 """
 
@@ -166,38 +167,49 @@ def _set_async_exc(thread_id: int, exc: type[BaseException] | None) -> None:
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc else None)
 
 
-def _call_with_deadline(fn: Callable[[], Any], seconds: int | None) -> Any:
+REDELIVER_S = 0.05  # after the deadline, the watchdog raises again at this interval until the call has ended
+
+
+def _call_with_deadline(fn: Callable[[], Any], seconds: float | None) -> Any:
     """``fn()``, or raise _DeadlineExceeded if it runs longer than ``seconds`` (None: no limit).
 
-    The watchdog delivers at most one exception, and only while ``done`` is unset; setting ``done`` and clearing
-    any undelivered exception happen under the same lock, so once this function has returned nothing can be
-    raised in the caller's thread later: a delivered exception always surfaces from inside this call.
+    The watchdog raises in the caller's thread at the deadline and again every REDELIVER_S while the call
+    lasts, so an exception swallowed on its way (by a gc callback, a ``__del__``, a bare ``except``) does not
+    let the call run on. Nothing can be raised after this function has returned: the first statement of the
+    ``finally`` stores ``done`` (a store does not run pending async exceptions), the watchdog queues an exception
+    only under the lock and only while ``done`` is unset, and the ``finally`` clears a queued one under the
+    lock. An exception queued just before ``done`` was set may still surface inside the ``finally``, that is,
+    from this call.
     """
     if seconds is None:
         return fn()
     thread_id = threading.get_ident()
     lock = threading.Lock()
     done = [False]
+    cancelled = threading.Event()
 
-    def fire() -> None:
-        with lock:
-            if not done[0]:
+    def watchdog() -> None:
+        wait = seconds
+        while not cancelled.wait(wait):
+            with lock:
+                if done[0]:
+                    return
                 _set_async_exc(thread_id, _DeadlineExceeded)
+            wait = REDELIVER_S
 
-    timer = threading.Timer(seconds, fire)
-    timer.daemon = True
+    timer = threading.Thread(target=watchdog, name="math_reward-deadline", daemon=True)
     timer.start()
     try:
         return fn()
     finally:
+        done[0] = True
         with lock:
-            done[0] = True
             _set_async_exc(thread_id, None)
-        timer.cancel()
+        cancelled.set()  # lets the watchdog thread end now rather than at its next wake-up
 
 
 class _DropDisabledTimeoutNotice(logging.Filter):
-    """math-verify warns on every call made with timeouts off (as we must off the main thread): drop that."""
+    """math-verify warns on every call made with its timeouts off (as math_reward always makes them): drop that."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "imeout is disabled" not in record.getMessage()
@@ -251,8 +263,9 @@ def _too_large(expr: Any) -> bool:
     return False
 
 
-def _parse(text: str, timeout: int | None) -> list:
-    return _math_verify().parse("\\boxed{" + text + "}", parsing_timeout=timeout)
+def _parse(text: str) -> list:
+    """math-verify's parse of ``text`` as a boxed answer, with its own (signal) timeout off."""
+    return _math_verify().parse("\\boxed{" + text + "}", parsing_timeout=None)
 
 
 def _candidates(predicted: str) -> list[str]:
@@ -270,13 +283,13 @@ def _candidates(predicted: str) -> list[str]:
     return [predicted, numbers[0].replace(",", "")] if prose else [predicted]
 
 
-def _equivalent(gold: list, predicted: str, timeout: int | None) -> bool:
+def _equivalent(gold: list, predicted: str) -> bool:
     """math-verify's verdict; never str()s a sympy object (printing a huge one can hang too)."""
     for candidate in _candidates(predicted):
-        prediction = _parse(candidate, timeout)
+        prediction = _parse(candidate)
         if not prediction or any(_too_large(p) for p in prediction):
             continue
-        if _math_verify().verify(gold, prediction, timeout_seconds=timeout):
+        if _math_verify().verify(gold, prediction, timeout_seconds=None):
             return True
     return False
 
@@ -297,9 +310,9 @@ def math_reward(
         ending in ``#### 72``, a solution with a ``\\boxed{}``, or a plain value (``72``, ``"0.5"``,
         ``"\\frac{1}{2}"``, ``"x+1"``); see ``reference_answer``.
       order: answer kinds to try on each completion, as in ``extract_answer``.
-      timeout_seconds: int >= 1 or None, the time allowed for each parse and each comparison (in the main
-        thread, by math-verify's SIGALRM timeouts) or for the whole check of one completion (in other threads,
-        by a watchdog; see the module docstring). Past it the completion scores 0.0 and a warning is logged.
+      timeout_seconds: int >= 1 or None, the time allowed for checking one completion (parsing a reference
+        the first time it is seen has the same allowance), in any thread (a watchdog; see the module
+        docstring). Past it the completion scores 0.0 and a warning is logged.
         None: no limit, for trusted text only.
       **kwargs: other dataset columns and trainer arguments, ignored.
     Returns:
@@ -326,9 +339,6 @@ def math_reward(
         isinstance(timeout_seconds, bool) or not isinstance(timeout_seconds, int) or timeout_seconds < 1
     ):
         raise ValueError(f"math_reward: `timeout_seconds` must be an int >= 1 or None, got {timeout_seconds!r}")
-    # SIGALRM only works in the main thread: there math-verify times itself out; elsewhere the watchdog does.
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    signal_timeout, watchdog_timeout = (timeout_seconds, None) if in_main_thread else (None, timeout_seconds)
     golds: dict[str, list] = {}
     rewards = []
     for i, (completion, reference) in enumerate(zip(completions, answer)):
@@ -341,10 +351,10 @@ def math_reward(
             continue
         try:
             if gold_text not in golds:
-                golds[gold_text] = _call_with_deadline(lambda: _parse(gold_text, signal_timeout), watchdog_timeout)
+                golds[gold_text] = _call_with_deadline(lambda: _parse(gold_text), timeout_seconds)
             gold = golds[gold_text]
             ok = bool(gold) and _call_with_deadline(
-                lambda: _equivalent(gold, predicted, signal_timeout), watchdog_timeout
+                lambda: _equivalent(gold, predicted), timeout_seconds
             )
         except _DeadlineExceeded:
             logger.warning(
