@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from grpo_jax.rewards import wire
+from grpo_jax.rewards import pyast, wire
 from grpo_jax.rewards.sandbox import SandboxLimits, open_python, run_python
 
 _CODE_BLOCK = re.compile(r"```(?:python|py|python3)?[ \t]*\n(.*?)```", re.S)
@@ -159,7 +159,7 @@ class _Candidate:
 def split_check(check_program: str) -> tuple[ast.Module, int]:
     """Rewrite ``check``'s body so each top-level statement containing an assert records pass/fail in
     ``__results`` and carries on; returns the module and the number of such tests (at least 1)."""
-    tree = ast.parse(check_program)
+    tree = pyast.parse(check_program)
     check = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "check"), None)
     if check is None:
         raise ValueError("check program defines no `def check(candidate)`")
@@ -169,7 +169,7 @@ def split_check(check_program: str) -> tuple[ast.Module, int]:
             body.append(stmt)
             continue
         tests += 1
-        wrapped = ast.parse(
+        wrapped = pyast.parse(
             "try:\n    pass\n    __results.append(True)\n"
             "except __CandidateTimeout:\n    raise\nexcept BaseException:\n    __results.append(False)\n"
         ).body[0]
@@ -195,7 +195,7 @@ def _run_check(program: str, check_program: str, entry_point: str, setup: str, t
         try:
             if setup:
                 exec(compile(setup, "setup.py", "exec"), namespace)  # trusted task code (e.g. the prompt)
-            exec(compile(tree, "check.py", "exec"), namespace)
+            exec(pyast.compile_tree(tree, "check.py"), namespace)
             namespace["check"](candidate)
             if not any(isinstance(n, ast.Assert) for n in ast.walk(tree)):
                 results.append(True)  # a check with no asserts passes by returning

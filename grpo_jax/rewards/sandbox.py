@@ -149,9 +149,13 @@ def _limit_prefix(limits: SandboxLimits) -> list[str] | None:
     if not (setpriv and prlimit):
         return None
     mb = 1024 * 1024
+    # The parent-death signal only covers a parent that dies after it is set: if the starter died before
+    # setpriv set it, the orphan would run on. The shell (same process, signal kept across exec) checks that
+    # its parent is still the starter, after which the signal covers the rest.
+    parent_check = ["/bin/sh", "-c", f'[ "$PPID" = "{os.getpid()}" ] || exit 137; exec "$@"', "parent-check"]
     return [setpriv, "--pdeathsig", "KILL", "--", prlimit, f"--cpu={limits.cpu_s}",
             f"--as={limits.memory_mb * mb}", f"--fsize={limits.file_size_mb * mb}", f"--nofile={limits.open_files}",
-            f"--nproc={limits.processes}", "--core=0", "--"]
+            f"--nproc={limits.processes}", "--core=0", "--", *parent_check]
 
 
 def _popen(command: list[str], limits: SandboxLimits, stderr) -> subprocess.Popen:
@@ -166,6 +170,8 @@ def _popen(command: list[str], limits: SandboxLimits, stderr) -> subprocess.Pope
 
 def _limit(limits: SandboxLimits):
     """Fallback when util-linux's setpriv/prlimit are missing: the same limits from a preexec_fn."""
+    parent = os.getpid()
+
     def apply() -> None:
         mb = 1024 * 1024
         resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s))
@@ -175,6 +181,8 @@ def _limit(limits: SandboxLimits):
         resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # die with the process that started us
+        if os.getppid() != parent:  # it died before the signal was set
+            os._exit(137)
 
     return apply
 

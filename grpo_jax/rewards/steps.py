@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
 
+from grpo_jax.rewards import pyast
+
 _STEP = re.compile(r"^(?P<lhs>[0-9\s+\-*/().]+)=\s*(?P<rhs>-?\d+(?:\.\d+)?)\s*$")
 MAX_EXPRESSION_CHARS = 200  # longer "expressions" are not steps (and could be slow to evaluate)
 MAX_DIGITS = 30  # numbers longer than this are not evaluated (2 ** 10000-style blow-ups are impossible anyway)
@@ -31,7 +33,7 @@ def evaluate_expression(text: str) -> Fraction | None:
     if len(text) > MAX_EXPRESSION_CHARS:
         return None
     try:
-        tree = ast.parse(text.strip(), mode="eval")
+        tree = pyast.parse(text.strip(), mode="eval")
     except SyntaxError:
         return None
 
