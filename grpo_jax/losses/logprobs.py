@@ -3,8 +3,9 @@
 Two entry points with the same values:
   * ``token_logprobs(logits, tokens)`` when the logits [B, T, V] already exist;
   * ``token_logprobs_from_hidden(hidden, unembedding, tokens)`` from the final hidden states [B, T, D] and
-    the unembedding matrix [D, V]. It walks over the time axis in chunks and rematerialises each chunk's
-    logits in the backward pass, so neither pass ever holds the full [B, T, V] float32 logits: peak
+    the unembedding matrix [D, V]. It walks over the time axis in chunks and, when there are several,
+    rematerialises each chunk's logits in the backward pass, so neither pass ever holds the full [B, T, V]
+    float32 logits of a sequence longer than one chunk: peak
     extra memory is about ``B * chunk_size * V * 4`` bytes (per device: B is the local batch when rows
     are sharded). With Qwen's 151,936-token vocabulary, B = 16 and chunk_size = 128 that is 1.2 GB
     instead of 9.9 GB per 1,024 tokens of sequence.
@@ -19,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from grpo_jax import _validation as v
+from grpo_jax.matmul import dense
 
 
 def _check_temperature(fn: str, temperature: float) -> None:
@@ -83,8 +85,8 @@ def token_logprobs_from_hidden(
 
     Returns:
       [B, T] float32 log-probabilities (and [B, T] float32 entropies with ``return_entropy``).
-      Differentiable w.r.t. ``hidden`` and ``unembedding``; the backward pass recomputes each chunk's
-      logits instead of storing them.
+      Differentiable w.r.t. ``hidden`` and ``unembedding``; with more than one chunk the backward pass
+      recomputes each chunk's logits instead of storing them.
     """
     fn = "token_logprobs_from_hidden"
     v.require_rank(fn, "hidden", hidden, (3,), "[B, T, D]")
@@ -117,15 +119,18 @@ def token_logprobs_from_hidden(
     h = h.reshape(b, n_chunks, chunk, d).swapaxes(0, 1)
     tok = tok.reshape(b, n_chunks, chunk).swapaxes(0, 1)
 
-    @jax.checkpoint
     def one_chunk(w: jax.Array, h_c: jax.Array, tok_c: jax.Array):
-        logits = jnp.einsum("bcd,dv->bcv", h_c, w, preferred_element_type=jnp.float32) / temperature
+        logits = dense(h_c, w, preferred_element_type=jnp.float32) / temperature
         if not return_entropy:
             return _logprobs_of(logits, tok_c)
         lse = jax.nn.logsumexp(logits, axis=-1)
         entropy = lse - jnp.sum(jnp.exp(logits - lse[..., None]) * logits, axis=-1)
         return _logprobs_of(logits, tok_c), entropy
 
-    per_chunk = jax.lax.map(lambda xs: one_chunk(unembedding, *xs), (h, tok))  # [n_chunks, B, chunk]
+    # With several chunks, each chunk's logits are recomputed in the backward pass rather than kept from the
+    # forward (memory B * chunk * V, not B * T * V). A single chunk's logits are needed all at once either way,
+    # so recomputing them would only cost another LM-head matmul.
+    chunk_fn = jax.checkpoint(one_chunk) if n_chunks > 1 else one_chunk
+    per_chunk = jax.lax.map(lambda xs: chunk_fn(unembedding, *xs), (h, tok))  # [n_chunks, B, chunk]
     unchunk = lambda x: x.swapaxes(0, 1).reshape(b, n_chunks * chunk)[:, :t]  # noqa: E731
     return jax.tree.map(unchunk, per_chunk)

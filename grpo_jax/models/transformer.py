@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from grpo_jax.matmul import dense
 from grpo_jax.models.config import ModelConfig
 from grpo_jax.models.rope import apply_rotary, rotary_angles
 from grpo_jax.sharding import MeshRules, constrain
@@ -64,7 +65,7 @@ class Attention(nn.Module):
 
         def project(name, heads, axes):
             kernel = _param(self, f"{name}_kernel", _INIT, (d, heads, dh), ("embed", axes, "head_dim"))
-            y = jnp.einsum("btd,dhk->bthk", x, kernel.astype(dtype))
+            y = dense(x, kernel.astype(dtype).reshape(d, heads * dh)).reshape(*x.shape[:2], heads, dh)
             if cfg.qkv_bias:
                 y = y + _param(self, f"{name}_bias", nn.initializers.zeros, (heads, dh), (axes, "head_dim")).astype(dtype)
             return constrain(y, ("batch", "length", axes, "head_dim"), self.mesh_rules)
@@ -114,7 +115,7 @@ class Attention(nn.Module):
         out = constrain(out, ("batch", "length", "heads", "head_dim"), self.mesh_rules)
 
         o_kernel = _param(self, "o_kernel", _INIT, (h, dh, d), ("heads", "head_dim", "embed"))
-        y = jnp.einsum("bthk,hkd->btd", out, o_kernel.astype(dtype))
+        y = dense(out.reshape(b, t, h * dh), o_kernel.astype(dtype).reshape(h * dh, d))
         if cfg.o_bias:
             y = y + _param(self, "o_bias", nn.initializers.zeros, (d,), ("embed",)).astype(dtype)
         return y, new_cache
@@ -133,9 +134,9 @@ class MLP(nn.Module):
         gate = _param(self, "gate_kernel", _INIT, (d, f), ("embed", "mlp"))
         up = _param(self, "up_kernel", _INIT, (d, f), ("embed", "mlp"))
         down = _param(self, "down_kernel", _INIT, (f, d), ("mlp", "embed"))
-        hidden = jax.nn.silu(x @ gate.astype(dtype)) * (x @ up.astype(dtype))
+        hidden = jax.nn.silu(dense(x, gate.astype(dtype))) * dense(x, up.astype(dtype))
         hidden = constrain(hidden, ("batch", "length", "mlp"), self.mesh_rules)
-        return hidden @ down.astype(dtype)
+        return dense(hidden, down.astype(dtype))
 
 
 class DecoderLayer(nn.Module):
@@ -192,7 +193,7 @@ class Transformer(nn.Module):
             unembedding = embedding.T
         else:
             unembedding = _param(self, "lm_head", _INIT, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"))
-        logits = jnp.einsum("btd,dv->btv", x, unembedding.astype(cfg.dtype), preferred_element_type=jnp.float32)
+        logits = dense(x, unembedding.astype(cfg.dtype), preferred_element_type=jnp.float32)
         return constrain(logits, ("batch", "length", "vocab"), self.mesh_rules), out_cache
 
 
