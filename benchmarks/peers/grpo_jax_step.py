@@ -33,6 +33,9 @@ def main() -> None:
     parser.add_argument("--prompts-per-step", type=int, default=workload.PROMPTS_PER_STEP)
     parser.add_argument("--gradient-accumulation-steps", type=int, default=1,
                         help="micro-batches per update (less memory for long completions)")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="write a jax.profiler trace of the last timed step to DIR (Perfetto JSON included; "
+                             "summarise it with benchmarks/trace_summary.py)")
     args = parser.parse_args()
 
     start = time.perf_counter()
@@ -73,7 +76,11 @@ def main() -> None:
         steps = []
         first = None
         for k in range(1, args.steps + 2):
-            m = trainer.step(k)
+            if args.profile and k == args.steps + 1:
+                with jax.profiler.trace(args.profile, create_perfetto_trace=True):
+                    m = trainer.step(k)
+            else:
+                m = trainer.step(k)
             if k == 1:
                 first = m["time/step_s"]
                 continue
