@@ -62,3 +62,11 @@ def test_summary_ratios_are_per_round_medians():
     rows = bench.table("small", summary)
     assert rows[1].endswith("| 15.0 / 17.5 / 20.0 |")  # rounds: 30 / 2 and 40 / 2
     assert "| — |" in rows[1]  # TRL's unseparated phase
+
+
+def test_accumulation_is_refused_with_the_tunix_worker():
+    import subprocess
+
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_grpo_step.py"),
+                             "--gradient-accumulation-steps", "4"], capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "the Tunix worker cannot accumulate" in result.stderr

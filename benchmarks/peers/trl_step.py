@@ -40,6 +40,8 @@ def parse_args(argv=None):
     p.add_argument("--out", default=None, help="where to write the result JSON")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: os.cpu_count())")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gradient-accumulation-steps", type=int, default=1,
+                   help="micro-batches per optimizer step (the 128 completions are still generated at once)")
     return p.parse_args(argv)
 
 
@@ -111,9 +113,10 @@ def main(argv=None) -> dict:
     config = GRPOConfig(
         output_dir=tempfile.mkdtemp(prefix="trl-grpo-"),
         # batch: 16 prompts x G=8 = 128 completions generated and trained on per optimizer step
-        per_device_train_batch_size=completions_per_step,
-        generation_batch_size=completions_per_step,  # so steps_per_generation = 1
-        gradient_accumulation_steps=1,
+        # with accumulation K: K micro-batches of 128 / K rows, still one generation and one optimizer step
+        per_device_train_batch_size=completions_per_step // args.gradient_accumulation_steps,
+        generation_batch_size=completions_per_step,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
         num_generations=workload.NUM_GENERATIONS,
         max_steps=args.steps + 1,
         shuffle_dataset=False,
