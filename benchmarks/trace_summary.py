@@ -1,6 +1,6 @@
 """Where the time of a jax.profiler trace went: XLA programs and their ops, summed over the trace.
 
-    python benchmarks/trace_summary.py TRACE_DIR [--top 25] [--module SUBSTRING]
+    python benchmarks/trace_summary.py TRACE_DIR [--top 25] [--module SUBSTRING] [--by-kind]
 
 TRACE_DIR is what ``jax.profiler.trace(TRACE_DIR, create_perfetto_trace=True)`` wrote (for instance
 ``benchmarks/peers/grpo_jax_step.py --profile TRACE_DIR``); the newest ``perfetto_trace.json.gz`` under it
@@ -10,6 +10,9 @@ is read. On the CPU backend every executed XLA op (thunk) is a complete event wh
   1. each program (hlo_module): total op time, number of op events;
   2. the ``--top`` ops by total time (all programs, or those whose name contains ``--module``), with their
      count and mean, and their share of their program's op time.
+
+With ``--by-kind`` the ops are grouped by kind first: the name without its ``.N`` suffix
+(``copy_bitcast_fusion.22`` -> ``copy_bitcast_fusion``), which is how docs/benchmarks.md tabulates them.
 
 Op names are XLA's (``fusion.12``, ``ynn_fusion.3``, ``dot.4``, ``scatter.1``); to see what an op computes,
 dump the optimised HLO with ``XLA_FLAGS=--xla_dump_to=DIR --xla_dump_hlo_as_text`` and look the name up in
@@ -25,6 +28,7 @@ import glob
 import gzip
 import json
 import os
+import re
 
 
 def load_events(trace_dir: str) -> list[dict]:
@@ -47,6 +51,14 @@ def op_times(events: list[dict]) -> dict[tuple[str, str], list[float]]:
         if "hlo_op" in args and "hlo_module" in args:
             times[(args["hlo_module"], args["hlo_op"])].append(float(e.get("dur", 0.0)) / 1e3)
     return times
+
+
+def by_kind(times: dict[tuple[str, str], list[float]]) -> dict[tuple[str, str], list[float]]:
+    """The same durations keyed by (hlo_module, op kind), the kind being the op name without ``.N``."""
+    kinds: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
+    for (mod, op), durations in times.items():
+        kinds[(mod, re.sub(r"\.\d+$", "", op))].extend(durations)
+    return kinds
 
 
 def summarise(times: dict[tuple[str, str], list[float]], top: int, module: str | None = None) -> str:
@@ -74,8 +86,11 @@ def main() -> None:
     parser.add_argument("trace_dir")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--module", help="only ops of programs whose name contains this")
+    parser.add_argument("--by-kind", action="store_true", help="group ops by name without the .N suffix")
     args = parser.parse_args()
     times = op_times(load_events(args.trace_dir))
+    if args.by_kind:
+        times = by_kind(times)
     if not times:
         raise SystemExit("trace_summary: the trace has no XLA op events (was anything executed inside it?)")
     print(summarise(times, args.top, args.module))

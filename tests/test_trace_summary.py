@@ -43,6 +43,14 @@ def test_ops_are_summed_per_program_and_ranked(tmp_path):
     assert "dot.3" in only and "ynn_fusion" not in only
 
 
+def test_ops_grouped_by_kind():
+    times = {("jit_update", "copy_bitcast_fusion.22"): [3.0], ("jit_update", "copy_bitcast_fusion.1"): [1.0, 2.0],
+             ("jit_update", "dot"): [0.5], ("jit_generate", "copy_bitcast_fusion.3"): [4.0]}
+    assert dict(trace_summary.by_kind(times)) == {("jit_update", "copy_bitcast_fusion"): [3.0, 1.0, 2.0],
+                                                  ("jit_update", "dot"): [0.5],
+                                                  ("jit_generate", "copy_bitcast_fusion"): [4.0]}
+
+
 def test_a_directory_without_a_trace_is_a_clear_error(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "trace_summary.py"), str(tmp_path)],
                             capture_output=True, text=True)
