@@ -36,6 +36,7 @@ from grpo_jax.data import Example, PromptStream
 from grpo_jax.distributed import to_host
 from grpo_jax.losses import group_advantages, process_advantages
 from grpo_jax.metrics import MetricsWriter, plot_metrics, read_metrics, summarize
+from grpo_jax.models.shared_prompt import layout_prompt_group
 from grpo_jax.sampling import SamplingConfig, bucket_size
 from grpo_jax.sharding import make_hybrid_mesh, make_mesh
 from grpo_jax.trainer import rollout as rollout_lib
@@ -277,11 +278,16 @@ class GRPOTrainer:
         batch = rollout_lib.sequence_batch(r, mask_truncated=g.mask_truncated_completions)
         batch["advantages"] = advantages
         size = len(r.tokens) // g.num_minibatches
+        # rows of a group share their prompt: each minibatch's programs compute it once per run of such rows
+        accumulation = self.ctx.config.optimizer.gradient_accumulation_steps
+        prompt_groups = [layout_prompt_group(g.num_generations, size, accumulation, first_row=m * size)
+                         for m in range(g.num_minibatches)]
 
         def logprobs_of(params) -> np.ndarray:  # minibatch by minibatch: no more memory than the update
             t = batch["completion_mask"].shape[1]
             return np.concatenate([to_host(self.logprobs(params, batch["input_ids"][m * size:(m + 1) * size],
-                                                         batch["attention_mask"][m * size:(m + 1) * size], t))
+                                                         batch["attention_mask"][m * size:(m + 1) * size], t,
+                                                         prompt_groups[m]))
                                    for m in range(g.num_minibatches)])
 
         batch["old_logprobs"] = logprobs_of(self.state.params) if g.num_iterations > 1 else r.policy_logprobs
@@ -293,7 +299,7 @@ class GRPOTrainer:
         for _ in range(g.num_iterations):
             for m in range(g.num_minibatches):
                 minibatch = {k: v[m * size:(m + 1) * size] for k, v in batch.items()}
-                self.state, update_metrics = self.update(self.state, minibatch)
+                self.state, update_metrics = self.update(self.state, minibatch, prompt_groups[m])
                 history.append(to_host(update_metrics))
         update = _mean_metrics(history)
         t_update = time.perf_counter() - t2

@@ -30,7 +30,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from grpo_jax.distributed import global_rows
 from grpo_jax.losses import grpo_loss, masked_mean, token_logprobs_from_hidden
-from grpo_jax.models.model import positions_from_mask
+from grpo_jax.models.shared_prompt import completion_hidden, shared_prompt_group
 from grpo_jax.models.transformer import Transformer, unembedding_matrix
 from grpo_jax.sharding import logical_sharding
 from grpo_jax.trainer.config import GRPOConfig
@@ -45,19 +45,28 @@ def compile_counts() -> dict[str, int]:
 
 
 def completion_logprobs(model: Transformer, params: Any, input_ids: jax.Array, attention_mask: jax.Array,
-                        completion_length: int, *, temperature: float, with_entropy: bool = False):
+                        completion_length: int, *, temperature: float, with_entropy: bool = False,
+                        prompt_group: int = 1):
     """log pi(completion token) [N, T] float32 for a sequence batch (and the entropy [N, T] with_entropy).
 
     The hidden state at position P + t - 1 predicts completion token t; logits are never materialised
-    for the whole sequence (grpo_jax.losses.token_logprobs_from_hidden).
+    for the whole sequence (grpo_jax.losses.token_logprobs_from_hidden). With ``prompt_group`` g > 1, each
+    run of g rows sharing a prompt computes it once (grpo_jax.models.shared_prompt).
     """
-    hidden, _ = model.apply({"params": params}, input_ids, positions_from_mask(attention_mask), attention_mask,
-                            return_hidden=True)
     t = completion_length
+    hidden = completion_hidden(model, params, input_ids, attention_mask, t, prompt_group)
     return token_logprobs_from_hidden(
-        hidden[:, -t - 1:-1], unembedding_matrix(model.config, params), input_ids[:, -t:],
+        hidden, unembedding_matrix(model.config, params), input_ids[:, -t:],
         temperature=temperature, return_entropy=with_entropy,
     )
+
+
+def prompt_group_of(input_ids: Any, attention_mask: Any, completion_length: int, micro_batches: int) -> int:
+    """The ``prompt_group`` a host sequence batch allows (shared_prompt_group); 1 for device arrays, whose
+    rows this process may not all hold."""
+    if isinstance(input_ids, jax.Array) or isinstance(attention_mask, jax.Array):
+        return 1
+    return shared_prompt_group(input_ids, attention_mask, completion_length, micro_batches)
 
 
 def batch_sharding(mesh: Mesh, shape: tuple[int, ...]) -> NamedSharding:
@@ -81,22 +90,25 @@ def split_micro(x: jax.Array, k: int) -> jax.Array:
 
 
 def make_logprobs_fn(model: Transformer, mesh: Mesh, temperature: float, micro_batches: int = 1) -> Callable:
-    """jit(params, input_ids, attention_mask, completion_length) -> [M, T] log pi, rows sharded; computed
-    ``micro_batches`` rows-groups at a time (as the update does), so it needs no more memory than a micro-batch."""
-    def program(params, input_ids, attention_mask, completion_length):
+    """jit(params, input_ids, attention_mask, completion_length[, prompt_group]) -> [M, T] log pi, rows
+    sharded; computed ``micro_batches`` rows-groups at a time (as the update does), so it needs no more memory
+    than a micro-batch. ``prompt_group`` as in ``make_update_fn``."""
+    def program(params, input_ids, attention_mask, completion_length, prompt_group):
         _COMPILES["logprobs"] += 1
 
         def one(xs):
-            return completion_logprobs(model, params, *xs, completion_length, temperature=temperature)
+            return completion_logprobs(model, params, *xs, completion_length, temperature=temperature,
+                                       prompt_group=prompt_group)
 
         out = jax.lax.map(one, (split_micro(input_ids, micro_batches), split_micro(attention_mask, micro_batches)))
         return jnp.moveaxis(out, 0, 1).reshape(input_ids.shape[0], completion_length)
 
-    jitted = jax.jit(program, static_argnums=(3,))
+    jitted = jax.jit(program, static_argnums=(3, 4))
 
-    def run(params, input_ids, attention_mask, completion_length):
+    def run(params, input_ids, attention_mask, completion_length, prompt_group: int | None = None):
+        group = prompt_group or prompt_group_of(input_ids, attention_mask, completion_length, micro_batches)
         ids, mask = (place_rows(x, mesh) for x in (input_ids, attention_mask))
-        return jitted(params, ids, mask, completion_length)
+        return jitted(params, ids, mask, completion_length, group)
 
     return run
 
@@ -138,11 +150,12 @@ def make_update_fn(model: Transformer, optimizer: optax.GradientTransformation, 
 
     ``batch`` is a dict of row-sharded arrays; ``metrics`` are replicated float32 scalars: the objective's
     metrics (micro-batch weighted), "entropy" (mean over loss tokens), "grad_norm" and "learning_rate".
-    The state argument is donated.
+    The state argument is donated. Runs of ``prompt_group`` rows that share a prompt run it once (default:
+    found from a host batch's data, ``prompt_group_of``); one program is compiled per prompt group seen.
     """
     k = accumulation_steps
 
-    def program(state: TrainState, batch: dict[str, jax.Array]):
+    def program(state: TrainState, batch: dict[str, jax.Array], prompt_group: int):
         _COMPILES[name] += 1
         t = batch["completion_mask"].shape[1]
         micro = jax.tree.map(lambda x: split_micro(x, k), batch)
@@ -153,7 +166,8 @@ def make_update_fn(model: Transformer, optimizer: optax.GradientTransformation, 
 
         def loss_fn(params, mb, weight):
             logp, entropy = completion_logprobs(model, params, mb["input_ids"], mb["attention_mask"], t,
-                                                temperature=temperature, with_entropy=True)
+                                                temperature=temperature, with_entropy=True,
+                                                prompt_group=prompt_group)
             loss, metrics = objective(logp, mb)
             metrics = dict(metrics, entropy=masked_mean(jax.lax.stop_gradient(entropy), mb["completion_mask"]))
             return loss * weight, metrics
@@ -189,13 +203,21 @@ def make_update_fn(model: Transformer, optimizer: optax.GradientTransformation, 
         return new_state, metrics
 
     replicated = NamedSharding(mesh, PartitionSpec())
-    # the batch's shardings come from its committed arrays (rows over the batch axes, placed in `run`)
-    jitted = jax.jit(program, in_shardings=(state_sharding, None), out_shardings=(state_sharding, replicated),
-                     donate_argnums=(0,))
+    programs: dict[int, Callable] = {}
+
+    def jitted(group: int) -> Callable:
+        if group not in programs:
+            # the batch's shardings come from its committed arrays (rows over the batch axes, placed in `run`)
+            programs[group] = jax.jit(functools.partial(program, prompt_group=group),
+                                      in_shardings=(state_sharding, None), out_shardings=(state_sharding, replicated),
+                                      donate_argnums=(0,))
+        return programs[group]
 
     @functools.wraps(program)
-    def run(state: TrainState, batch: dict[str, Any]):
+    def run(state: TrainState, batch: dict[str, Any], prompt_group: int | None = None):
+        group = prompt_group or prompt_group_of(batch["input_ids"], batch["attention_mask"],
+                                                np.shape(batch["completion_mask"])[1], k)
         rows = {key: place_rows(value, mesh) for key, value in batch.items()}
-        return jitted(state, rows)
+        return jitted(group)(state, rows)
 
     return run

@@ -1,0 +1,99 @@
+"""Completion hidden states with each prompt run once for the completions that share it.
+
+A GRPO batch holds G completions per prompt; a plain forward over ``[prompt | completion]`` rows computes
+every prompt token's layers G times. ``completion_hidden`` runs the prompt tokens once per run of
+``prompt_group`` rows that share them (writing their keys/values into a KV cache), repeats that cache to
+every row, and runs only the completion tokens against it. Values equal the plain forward's (same
+masks, same rotary positions; only the order of float sums may differ), and gradients flow through the
+repeated cache into the shared prompt pass, summed over its rows, as autodiff of the repeat gives.
+
+The cost falls by ``(g - 1) / g`` of the prompt tokens' share: with 32-token prompts, 128-token
+completions and g = 8, 17.5% fewer token-layer FLOPs in the reference pass and the update.
+
+Shapes: N rows, P prompt slots (left-padded), T completion slots, D hidden, g = prompt_group.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from grpo_jax.models.model import positions_from_mask
+from grpo_jax.models.transformer import Transformer, init_cache
+
+
+def completion_hidden(model: Transformer, params: Any, input_ids: jax.Array, attention_mask: jax.Array,
+                      completion_length: int, prompt_group: int = 1) -> jax.Array:
+    """[N, T, D] final-norm hidden states at slots P - 1 ... P + T - 2: row i's t-th predicts its
+    completion token t (compute dtype).
+
+    Args:
+      input_ids, attention_mask: [N, P + T] sequence batch (grpo_jax.trainer.step's layout).
+      completion_length: T (static).
+      prompt_group: g, static; rows ``k * g ... k * g + g - 1`` must hold the same prompt ids and prompt mask
+        in their first P slots (``shared_prompt_group`` finds it). 1 runs one plain forward.
+    """
+    n, total = input_ids.shape
+    t = completion_length
+    p = total - t
+    if prompt_group < 1 or n % prompt_group:
+        raise ValueError(f"prompt_group={prompt_group} must be a positive divisor of the {n} rows")
+    if p < 1 or t < 1:
+        raise ValueError(f"need at least one prompt and one completion slot; got {total} slots for a "
+                         f"{t}-token completion")
+    positions = positions_from_mask(attention_mask)
+    if prompt_group == 1:
+        hidden, _ = model.apply({"params": params}, input_ids, positions, attention_mask, return_hidden=True)
+        return hidden[:, p - 1:-1]
+    g = prompt_group
+    shared = slice(None, None, g)  # one row of each run: they are all the same in the prompt slots
+    cache = init_cache(model.config, n // g, total)
+    prompt_hidden, cache = model.apply({"params": params}, input_ids[shared, :p], positions[shared, :p],
+                                       attention_mask[shared], cache, 0, return_hidden=True)
+    cache = jax.tree.map(lambda x: jnp.repeat(x, g, axis=0), cache)
+    hidden, _ = model.apply({"params": params}, input_ids[:, p:], positions[:, p:], attention_mask, cache, p,
+                            return_hidden=True)
+    last_prompt = jnp.repeat(prompt_hidden[:, -1:], g, axis=0)
+    return jnp.concatenate([last_prompt, hidden[:, :-1]], axis=1)
+
+
+def shared_prompt_group(input_ids: np.ndarray, attention_mask: np.ndarray, completion_length: int,
+                        micro_batches: int = 1) -> int:
+    """The ``prompt_group`` these host rows [N, P + T] allow, found from their data: the largest g such that,
+    in each micro-batch, every run of g consecutive rows has the same prompt ids and prompt mask
+    (``runs_of_equal_rows``). 1 when nothing is shared."""
+    p = np.shape(input_ids)[1] - completion_length
+    if p < 1:
+        return 1
+    keys = np.concatenate([np.asarray(input_ids)[:, :p], np.asarray(attention_mask)[:, :p]], axis=1)
+    return runs_of_equal_rows(keys, micro_batches)
+
+
+def layout_prompt_group(group_size: int, rows: int, micro_batches: int = 1, first_row: int = 0) -> int:
+    """The ``prompt_group`` of rows ``first_row ... first_row + rows - 1`` of a batch laid out as GRPO's
+    groups (row r holds a completion of prompt r // group_size), from the layout alone: the same for
+    every batch, so it never causes a recompile."""
+    return runs_of_equal_rows((first_row + np.arange(rows)) // group_size, micro_batches)
+
+
+def runs_of_equal_rows(keys: np.ndarray, micro_batches: int = 1) -> int:
+    """The largest g such that every micro-batch ``grpo_jax.trainer.step.split_micro`` makes of ``keys``
+    (rows j, K + j, 2K + j, ... for micro-batch j of K) splits into runs of g consecutive equal rows.
+
+    ``keys`` [N, ...]; 1 when N is not a multiple of K or no two neighbours are equal.
+    """
+    keys = np.asarray(keys).reshape(len(keys), -1)
+    n, k = keys.shape[0], micro_batches
+    if n % k:
+        return 1
+    rows = n // k
+    micro = keys.reshape(rows, k, -1).transpose(1, 0, 2)  # [K, N / K, ...]: split_micro's order
+    differs = np.any(micro[:, 1:] != micro[:, :-1], axis=(0, 2))  # [N / K - 1]: row i + 1 differs from row i
+    ends = np.flatnonzero(differs) + 1  # a run must end at each of these
+    for g in range(rows, 1, -1):
+        if rows % g == 0 and np.all(ends % g == 0):
+            return g
+    return 1
