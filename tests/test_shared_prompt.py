@@ -1,6 +1,7 @@
 """Prompts computed once per group of rows that share them (grpo_jax.models.shared_prompt): the same hidden
 states, log-probabilities, gradients and updates as one plain forward over every row."""
 
+import dataclasses
 import itertools
 
 import jax
@@ -61,8 +62,8 @@ def test_shared_prompt_hidden_equals_plain_forward(single, group):
     used and 8 is refused by shared_prompt_group (checked below) — here 8 must give different values."""
     model, params = single
     b = grouped_batch()
-    plain = completion_hidden(model, params, b["input_ids"], b["attention_mask"], T)
-    shared = completion_hidden(model, params, b["input_ids"], b["attention_mask"], T, prompt_group=group)
+    plain, shared = (jax.jit(lambda p, g=g: completion_hidden(model, p, b["input_ids"], b["attention_mask"], T, g))(
+        params) for g in (1, group))
     assert shared.shape == plain.shape == (B * G, T, CONFIG.hidden_size)
     mask = b["attention_mask"][:, P - 1:-1] > 0  # slots whose hidden state predicts a real token
     if group <= G:
@@ -72,7 +73,9 @@ def test_shared_prompt_hidden_equals_plain_forward(single, group):
 
 
 def test_shared_prompt_gradients_equal_plain(single):
-    model, params = single
+    """With each layer rematerialised (the cache passes through jax.checkpoint), as large models train."""
+    _, params = single
+    model = build_model(dataclasses.replace(CONFIG, remat=True))
     b = grouped_batch(1)
     weights = jnp.asarray(np.random.default_rng(0).normal(size=(B * G, T)) * b["completion_mask"])
 
@@ -81,8 +84,9 @@ def test_shared_prompt_gradients_equal_plain(single):
                                  prompt_group=group)
         return jnp.sum(lp * weights)
 
-    plain, shared = (jax.grad(objective)(params, g) for g in (1, G))
-    np.testing.assert_allclose(objective(params, G), objective(params, 1), rtol=1e-5)
+    value_and_grad = jax.jit(jax.value_and_grad(objective), static_argnums=1)
+    (plain_value, plain), (shared_value, shared) = (value_and_grad(params, g) for g in (1, G))
+    np.testing.assert_allclose(shared_value, plain_value, rtol=1e-5)
     jax.tree.map(lambda a, s: np.testing.assert_allclose(s, a, rtol=1e-4, atol=1e-6), plain, shared)
 
 
@@ -145,7 +149,8 @@ def test_sharded_logprobs_and_update_share_prompts(mesh8, single):
     log-probabilities, and the parameters after two updates with 2 micro-batches."""
     model, params = single
     b = grouped_batch(2)
-    plain = completion_logprobs(model, params, b["input_ids"], b["attention_mask"], T, temperature=0.9)
+    plain = jax.jit(lambda p: completion_logprobs(model, p, b["input_ids"], b["attention_mask"], T,
+                                                  temperature=0.9))(params)
     model8 = build_model(CONFIG, mesh8)
     params8 = jax.device_put(params, jax.tree.map(lambda x: x.sharding, init_params(model8, jax.random.key(3), mesh8)))
     logprobs = make_logprobs_fn(model8, mesh8, temperature=0.9, micro_batches=2)

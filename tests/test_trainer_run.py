@@ -44,6 +44,7 @@ def test_run_writes_every_output(uninterrupted):
         assert {"reward/mean", "time/step_s", "kl", "entropy", "clip_frac", "completion/length_mean",
                 "time/sample_s", "time/reward_s", "time/update_s", "compile/count", "accuracy"} <= set(r)
         assert 0.0 <= r["reward/mean"] <= 1.0 and r["time/step_s"] > 0
+        assert r["batch/prompt_group"] == 4  # each prompt computed once for its G = 4 completions
     assert [r["step"] for r in records if "eval/accuracy" in r] == [0, 2, 4]
     assert sorted(int(s) for s in os.listdir(run_dir / "checkpoints") if s.isdigit()) == [2, 3, 4]
     assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

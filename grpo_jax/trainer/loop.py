@@ -326,7 +326,8 @@ class GRPOTrainer:
             "time/sample_s": r.sample_s, "time/reward_s": r.reward_s, "time/logprobs_s": t_logprobs,
             "time/update_s": t_update,
             "compile/count": total_compiles(), "compile/new": total_compiles() - compiles_before,
-            "data/epoch": self.stream.epoch, "batch/prompt_length": int(r.prompt_ids.shape[1]), **dyn_stats,
+            "data/epoch": self.stream.epoch, "batch/prompt_length": int(r.prompt_ids.shape[1]),
+            "batch/prompt_group": min(prompt_groups), **dyn_stats,
         }
         out["time/step_s"] = time.perf_counter() - t0
         return out
