@@ -73,7 +73,9 @@ def run_sft(ctx: "RunContext", params: Any) -> Any:
         if before:
             writer.write(0, before)
         for step in range(1, cfg.steps + 1):
-            state, metrics = update(state, sft_batch(ctx, stream.next_batch(), cfg.answer_field))
+            # prompt_group 1: examples share a prompt only by chance, and a batch where they did would
+            # compile another program
+            state, metrics = update(state, sft_batch(ctx, stream.next_batch(), cfg.answer_field), 1)
             record = {f"sft/{k}": float(v) for k, v in to_host(metrics).items()}
             if step == cfg.steps:
                 record.update(ctx.eval_metrics(state.params, key))
