@@ -20,7 +20,14 @@ from grpo_jax.models.shared_prompt import (
 from grpo_jax.sharding import make_mesh
 from grpo_jax.trainer.config import GRPOConfig, OptimizerConfig
 from grpo_jax.trainer.state import build_optimizer, create_state, state_shardings
-from grpo_jax.trainer.step import completion_logprobs, grpo_objective, make_logprobs_fn, make_update_fn
+from grpo_jax.trainer.step import (
+    completion_logprobs,
+    grpo_objective,
+    make_logprobs_fn,
+    make_update_fn,
+    merge_micro,
+    split_micro,
+)
 
 CONFIG = ModelConfig(model_type="qwen3", vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                      num_attention_heads=4, num_key_value_heads=2, head_dim=8, tie_word_embeddings=False,
@@ -98,15 +105,15 @@ def test_bad_prompt_group_is_refused(single):
 
 
 def brute_force_runs(keys, k):
-    """The largest g for which each of split_micro's micro-batches is runs of g equal rows, by trying each g."""
-    n = len(keys)
-    if n % k:
-        return 1
-    micro = [keys[j::k] for j in range(k)]
-    rows = n // k
+    """The largest g that splits ``keys`` into K micro-batches of whole runs of g equal rows, by building
+    split_micro's micro-batches for every g and checking them."""
     best = 1
-    for g in range(1, rows + 1):
-        if rows % g == 0 and all(np.array_equal(m[s], m[s - s % g]) for m in micro for s in range(rows)):
+    for g in range(1, len(keys) + 1):
+        if len(keys) % (k * g):
+            continue
+        micro = np.asarray(split_micro(jnp.asarray(keys), k, g))  # [K, N / K, ...]
+        runs = micro.reshape(k, -1, g, *micro.shape[2:])
+        if np.all(runs == runs[:, :, :1]):
             best = g
     return best
 
@@ -119,23 +126,37 @@ def test_layout_prompt_group_matches_brute_force():
 
 
 def test_runs_of_equal_rows_examples():
-    assert runs_of_equal_rows(np.repeat(np.arange(4), 4), 1) == 4
-    assert runs_of_equal_rows(np.repeat(np.arange(4), 4), 2) == 2  # micro-batch j takes rows j, 2 + j, ...
-    assert runs_of_equal_rows(np.repeat(np.arange(4), 4), 4) == 1
+    four_groups = np.repeat(np.arange(4), 4)
+    assert runs_of_equal_rows(four_groups, 1) == 4
+    assert runs_of_equal_rows(four_groups, 2) == 4  # two whole groups per micro-batch
+    assert runs_of_equal_rows(four_groups, 4) == 4
+    assert runs_of_equal_rows(four_groups, 8) == 2  # half a group per micro-batch
+    assert runs_of_equal_rows(four_groups, 3) == 1  # 16 rows do not split into 3
     assert runs_of_equal_rows(np.repeat(np.arange(2), 6), 1) == 6
     assert runs_of_equal_rows(np.repeat(np.arange(3), 4)[:10], 1) == 2  # a group cut by the minibatch's end
-    assert runs_of_equal_rows(np.repeat(np.arange(4), 4), 3) == 1  # 16 rows do not split into 3
     rng = np.random.default_rng(0)
-    for _ in range(50):
+    for _ in range(30):
         keys = rng.integers(0, 2, (12, 2))
         for k in (1, 2, 3):
             assert runs_of_equal_rows(keys, k) == brute_force_runs(keys, k)
 
 
+def test_split_micro_blocks_and_merge():
+    """Micro-batch j takes blocks j, K + j, ... of `block` rows; merge_micro undoes it."""
+    x = jnp.arange(24).reshape(12, 2)
+    parts = np.asarray(split_micro(x, 2, 3))
+    np.testing.assert_array_equal(parts[0, :, 0], [0, 2, 4, 12, 14, 16])  # rows 0-2 and 6-8
+    np.testing.assert_array_equal(parts[1, :, 0], [6, 8, 10, 18, 20, 22])
+    np.testing.assert_array_equal(np.asarray(split_micro(x, 3))[1, :, 0], [2, 8, 14, 20])  # rows 1, 4, 7, 10
+    for k, block in ((1, 1), (2, 3), (3, 2), (4, 3), (12, 1)):
+        np.testing.assert_array_equal(np.asarray(merge_micro(split_micro(x, k, block), block)), np.asarray(x))
+
+
 def test_shared_prompt_group_reads_the_prompts():
     b = grouped_batch()
     assert shared_prompt_group(b["input_ids"], b["attention_mask"], T) == G
-    assert shared_prompt_group(b["input_ids"], b["attention_mask"], T, micro_batches=2) == G // 2
+    assert shared_prompt_group(b["input_ids"], b["attention_mask"], T, micro_batches=2) == G  # 2 groups each
+    assert shared_prompt_group(b["input_ids"], b["attention_mask"], T, micro_batches=8) == G // 2
     ids = b["input_ids"].copy()
     ids[1, P - 1] += 1  # row 1's prompt differs from row 0's in one token
     assert shared_prompt_group(ids, b["attention_mask"], T) == 1
@@ -162,7 +183,7 @@ def test_sharded_logprobs_and_update_share_prompts(mesh8, single):
     optimizer = optax.sgd(1.0)  # the update is -gradient: compares gradients without Adam's normalisation
     outs = []
     for mesh, m, group in ((make_mesh({"data": 1}, devices=jax.devices()[:1]), model, 1), (mesh8, model8, None),
-                           (mesh8, model8, G // 2)):
+                           (mesh8, model8, G // 2)):  # detected: G; given: half-groups
         start = params if mesh.size == 1 else params8  # copied: the update donates the state
         state = create_state(jax.tree.map(jnp.copy, start), optimizer, mesh, seed=0, with_reference=False)
         update = make_update_fn(m, optimizer, schedule, mesh, state_shardings(state), objective=grpo_objective(grpo),

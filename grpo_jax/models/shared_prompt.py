@@ -62,9 +62,9 @@ def completion_hidden(model: Transformer, params: Any, input_ids: jax.Array, att
 
 def shared_prompt_group(input_ids: np.ndarray, attention_mask: np.ndarray, completion_length: int,
                         micro_batches: int = 1) -> int:
-    """The ``prompt_group`` these host rows [N, P + T] allow, found from their data: the largest g such that,
-    in each micro-batch, every run of g consecutive rows has the same prompt ids and prompt mask
-    (``runs_of_equal_rows``). 1 when nothing is shared."""
+    """The ``prompt_group`` these host rows [N, P + T] allow, found from their data: the largest g such that
+    the rows are runs of g with the same prompt ids and prompt mask, and the runs split evenly into the
+    micro-batches (``runs_of_equal_rows``). 1 when nothing is shared."""
     p = np.shape(input_ids)[1] - completion_length
     if p < 1:
         return 1
@@ -80,20 +80,15 @@ def layout_prompt_group(group_size: int, rows: int, micro_batches: int = 1, firs
 
 
 def runs_of_equal_rows(keys: np.ndarray, micro_batches: int = 1) -> int:
-    """The largest g such that every micro-batch ``grpo_jax.trainer.step.split_micro`` makes of ``keys``
-    (rows j, K + j, 2K + j, ... for micro-batch j of K) splits into runs of g consecutive equal rows.
-
-    ``keys`` [N, ...]; 1 when N is not a multiple of K or no two neighbours are equal.
+    """The largest g such that ``keys`` [N, ...] is a sequence of runs of g equal rows (a run may equal the
+    next) and N is a multiple of K * g, so that ``grpo_jax.trainer.step.split_micro(x, K, block=g)`` gives
+    each of the K micro-batches whole runs. 1 when no larger g qualifies.
     """
     keys = np.asarray(keys).reshape(len(keys), -1)
     n, k = keys.shape[0], micro_batches
-    if n % k:
-        return 1
-    rows = n // k
-    micro = keys.reshape(rows, k, -1).transpose(1, 0, 2)  # [K, N / K, ...]: split_micro's order
-    differs = np.any(micro[:, 1:] != micro[:, :-1], axis=(0, 2))  # [N / K - 1]: row i + 1 differs from row i
+    differs = np.any(keys[1:] != keys[:-1], axis=1)  # [N - 1]: row i + 1 differs from row i
     ends = np.flatnonzero(differs) + 1  # a run must end at each of these
-    for g in range(rows, 1, -1):
-        if rows % g == 0 and np.all(ends % g == 0):
+    for g in range(n // k, 1, -1):
+        if n % (k * g) == 0 and np.all(ends % g == 0):
             return g
     return 1

@@ -11,7 +11,7 @@ A *sequence batch* lays out N rows as ``[left-padded prompt (P) | completion (T)
 
 Rows are sharded over the mesh's batch axes (data, fsdp); parameters by the logical-axis rules. Each update
 is one ``jax.jit`` with explicit in/out shardings that donates the TrainState: it splits its minibatch into
-``gradient_accumulation_steps`` micro-batches (a ``lax.scan``), sums their gradients weighted so the sum is
+``gradient_accumulation_steps`` micro-batches of whole prompt groups where it can (a ``lax.scan``), sums their gradients weighted so the sum is
 the gradient of the whole minibatch's loss (by rows for per-sequence means, by tokens for token-mean),
 and applies one optax update. Compiles are counted per program (``compile_counts``).
 """
@@ -83,10 +83,20 @@ def place_rows(x: Any, mesh: Mesh) -> jax.Array:
     return global_rows(np.asarray(x), sharding)
 
 
-def split_micro(x: jax.Array, k: int) -> jax.Array:
-    """[M, ...] -> [K, M / K, ...]; micro-batch j takes rows j, K + j, 2K + j, ... so that every device keeps
-    an even share of each micro-batch when rows are sharded."""
-    return jnp.moveaxis(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 1, 0)
+def split_micro(x: jax.Array, k: int, block: int = 1) -> jax.Array:
+    """[M, ...] -> [K, M / K, ...]: micro-batch j takes the blocks of ``block`` consecutive rows numbered j,
+    K + j, 2K + j, ... So with block = 1 every device keeps an even share of each micro-batch when rows are
+    sharded, and with block = a prompt group's rows a group stays whole (its prompt is computed once).
+    M must be a multiple of K * block."""
+    blocks = x.shape[0] // (k * block)
+    return jnp.moveaxis(x.reshape(blocks, k, block, *x.shape[1:]), 1, 0).reshape(k, blocks * block, *x.shape[1:])
+
+
+def merge_micro(x: jax.Array, block: int = 1) -> jax.Array:
+    """The inverse of ``split_micro``: [K, M / K, ...] -> [M, ...]."""
+    k, per = x.shape[:2]
+    blocks = per // block
+    return jnp.moveaxis(x.reshape(k, blocks, block, *x.shape[2:]), 0, 1).reshape(k * per, *x.shape[2:])
 
 
 def make_logprobs_fn(model: Transformer, mesh: Mesh, temperature: float, micro_batches: int = 1) -> Callable:
@@ -100,8 +110,9 @@ def make_logprobs_fn(model: Transformer, mesh: Mesh, temperature: float, micro_b
             return completion_logprobs(model, params, *xs, completion_length, temperature=temperature,
                                        prompt_group=prompt_group)
 
-        out = jax.lax.map(one, (split_micro(input_ids, micro_batches), split_micro(attention_mask, micro_batches)))
-        return jnp.moveaxis(out, 0, 1).reshape(input_ids.shape[0], completion_length)
+        out = jax.lax.map(one, (split_micro(input_ids, micro_batches, prompt_group),
+                                split_micro(attention_mask, micro_batches, prompt_group)))
+        return merge_micro(out, prompt_group)
 
     jitted = jax.jit(program, static_argnums=(3, 4))
 
@@ -150,15 +161,16 @@ def make_update_fn(model: Transformer, optimizer: optax.GradientTransformation, 
 
     ``batch`` is a dict of row-sharded arrays; ``metrics`` are replicated float32 scalars: the objective's
     metrics (micro-batch weighted), "entropy" (mean over loss tokens), "grad_norm" and "learning_rate".
-    The state argument is donated. Runs of ``prompt_group`` rows that share a prompt run it once (default:
-    found from a host batch's data, ``prompt_group_of``); one program is compiled per prompt group seen.
+    The state argument is donated. ``prompt_group`` g: the rows are runs of g that share a prompt (default:
+    found from a host batch's data, ``prompt_group_of``); each micro-batch takes whole runs
+    (``split_micro(..., block=g)``) and computes each prompt once. One program is compiled per g seen.
     """
     k = accumulation_steps
 
     def program(state: TrainState, batch: dict[str, jax.Array], prompt_group: int):
         _COMPILES[name] += 1
         t = batch["completion_mask"].shape[1]
-        micro = jax.tree.map(lambda x: split_micro(x, k), batch)
+        micro = jax.tree.map(lambda x: split_micro(x, k, prompt_group), batch)
         micro_masks = micro["completion_mask"]
         weights = {"loss": micro_batch_weights(micro_masks, k, token_weighted),
                    "tokens": micro_batch_weights(micro_masks, k, True),
