@@ -30,6 +30,7 @@ def measure(size: str, prompts: int, group: int, prompt_length: int, completion_
     import jax
     import jax.numpy as jnp
     import numpy as np
+    from bench_gpu_roofline import timed  # the benchmarks' one timing loop (this script's folder is on sys.path)
 
     from grpo_jax.models import ModelConfig, build_model, init_params
     from grpo_jax.trainer.step import completion_logprobs
@@ -59,7 +60,6 @@ def measure(size: str, prompts: int, group: int, prompt_length: int, completion_
         for fn in compiled.values():
             jax.block_until_ready(fn(params))  # compile and warm up
         times[name] = {g: [] for g in compiled}
-        from bench_gpu_roofline import timed  # the benchmarks' one timing loop
         for _ in range(repeats):  # alternate so drift affects both alike
             for g, fn in compiled.items():
                 times[name][g] += timed(lambda: fn(params), 1)
@@ -80,7 +80,8 @@ def main() -> None:
 
     g, t = args.num_generations, args.completion_length
     lines = [
-        f"Machine: {platform.processor() or platform.machine()}, {jax.device_count()} x {jax.devices()[0].device_kind}, "
+        f"Machine: {platform.processor() or platform.machine()}, "
+        f"{jax.device_count()} x {jax.devices()[0].device_kind}, "
         f"jax {jax.__version__}; {args.size} model, {args.prompts} prompts x G {g}, {t} completion tokens, fp32, "
         f"median of {args.repeats} alternating repeats.",
         "",

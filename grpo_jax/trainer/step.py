@@ -11,9 +11,10 @@ A *sequence batch* lays out N rows as ``[left-padded prompt (P) | completion (T)
 
 Rows are sharded over the mesh's batch axes (data, fsdp); parameters by the logical-axis rules. Each update
 is one ``jax.jit`` with explicit in/out shardings that donates the TrainState: it splits its minibatch into
-``gradient_accumulation_steps`` micro-batches of whole prompt groups where it can (a ``lax.scan``), sums their gradients weighted so the sum is
-the gradient of the whole minibatch's loss (by rows for per-sequence means, by tokens for token-mean),
-and applies one optax update. Compiles are counted per program (``compile_counts``).
+``gradient_accumulation_steps`` micro-batches, of whole prompt groups where it can (a ``lax.scan``), sums
+their gradients weighted so the sum is the gradient of the whole minibatch's loss (by rows for
+per-sequence means, by tokens for token-mean), and applies one optax update. Compiles are counted per
+program (``compile_counts``).
 """
 
 from __future__ import annotations
