@@ -4,28 +4,23 @@ The GPU figures in docs/benchmarks.md are only as good as these counts: FLOPs ar
 cost analysis of the forward pass, bytes against the parameters the model actually has.
 """
 
-import importlib.util
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from benchmark_scripts import load
 
 from grpo_jax.models import build_model, init_params
 from grpo_jax.models.model import positions_from_mask
 from grpo_jax.models.transformer import unembedding_matrix
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_gpu_roofline", ROOT / "benchmarks" / "bench_gpu_roofline.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("bench_gpu_roofline")
 
 
 def test_forward_flops_match_xla_cost_analysis(bench):

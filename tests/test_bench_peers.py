@@ -1,24 +1,16 @@
 """The side-by-side GRPO step benchmark's shared pieces: the workload every framework runs (checkpoint,
 tokenizer, prompts, reward) and the orchestrator's arithmetic (medians, per-round ratios)."""
 
-import importlib.util
-import pathlib
 import sys
 
 import pytest
+from benchmark_scripts import ROOT, load
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks" / "peers"))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import workload  # noqa: E402
+workload = load("workload")
 
 
 def _orchestrator():
-    spec = importlib.util.spec_from_file_location("bench_grpo_step", ROOT / "benchmarks" / "bench_grpo_step.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("bench_grpo_step")
 
 
 def test_reward_is_the_fraction_of_even_word_ids():

@@ -1,13 +1,12 @@
 """docs/scaling.md: its tables are what benchmarks/scaling_table.py computes, and the computation's inputs are right."""
 
-import importlib.util
 import math
 import re
-import sys
 from pathlib import Path
 
 import jax
 import pytest
+from benchmark_scripts import load
 
 from grpo_jax.models import build_model, param_shardings, param_shapes
 from grpo_jax.models.config import ModelConfig
@@ -20,12 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def table():
-    spec = importlib.util.spec_from_file_location("scaling_table", ROOT / "benchmarks" / "scaling_table.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    return load("scaling_table")
 
 
 # Totals the Qwen2.5 configs give (the sum of the checkpoints' tensor sizes); the issue's rounded figures.

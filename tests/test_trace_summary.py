@@ -7,11 +7,9 @@ import subprocess
 import sys
 
 import pytest
+from benchmark_scripts import ROOT, load
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import trace_summary  # noqa: E402
+trace_summary = load("trace_summary")
 
 
 def _op(module, op, dur_us, tid=1):
