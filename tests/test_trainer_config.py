@@ -19,13 +19,14 @@ def test_overrides_parse_by_field_type():
     config = apply_overrides(TrainConfig(), [
         "grpo.beta=0", "epsilon_high=0.28", "rewards=math,format", "reward_weights=1,0.5", "run.mesh=fsdp:4,tensor:2",
         "max_steps=7", "mask_truncated_completions=true", "data.system_prompt=none", "name=exp1",
-        "--grpo.loss_type=dr_grpo",
+        "--grpo.loss_type=dr_grpo", "model.attention_query_block=64",
     ])
     g = config.grpo
     assert (g.beta, g.epsilon_high, g.rewards, g.reward_weights) == (0.0, 0.28, ("math", "format"), (1.0, 0.5))
     assert g.mask_truncated_completions is True and g.aggregation == "seq-mean-token-sum-norm"
     assert config.run.mesh_axes == {"fsdp": 4, "tensor": 2} and config.run.max_steps == 7
     assert config.data.system_prompt is None and config.name == "exp1"
+    assert config.model.attention_query_block == 64
     assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
@@ -42,6 +43,7 @@ def test_overrides_parse_by_field_type():
     ("grpo.rewards=code", "the code reward needs a task with tests"),
     ("data.task=gsm8k_jsonl", "data.path=None is invalid"),
     ("beta", "is not of the form field=value"),
+    ("model.attention_query_block=0", "model.attention_query_block=0 is invalid: expected a number > 0"),
 ])
 def test_bad_overrides_name_the_problem(override, message):
     with pytest.raises(ConfigError) as e:

@@ -15,6 +15,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from grpo_jax.models.attention import DEFAULT_QUERY_BLOCK
+
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 SUPPORTED_ROPE_TYPES = ("default", "llama3")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -44,6 +46,9 @@ class ModelConfig:
       dtype: compute dtype of matmuls and activations (bfloat16 on accelerators); norms, softmax and
         the final logits are float32.
       remat: rematerialise each layer's activations in the backward pass (saves memory, costs a forward).
+      attention_query_block: a call with more queries than this runs attention in blocks of this many
+        queries, each rematerialised in the backward pass, so no [T, S] score matrix is kept
+        (grpo_jax.models.attention). Values are unchanged; it trades one QK^T recompute for O(T) memory.
     """
 
     model_type: str
@@ -68,6 +73,7 @@ class ModelConfig:
     param_dtype: Any = jnp.float32
     dtype: Any = jnp.float32
     remat: bool = False
+    attention_query_block: int = DEFAULT_QUERY_BLOCK
 
     def __post_init__(self) -> None:
         # Normalise mutable inputs so the config is hashable (it is a static attribute of the Flax module).
@@ -81,7 +87,7 @@ class ModelConfig:
                 f"model_type={self.model_type!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
             )
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                     "num_attention_heads", "num_key_value_heads", "head_dim"):
+                     "num_attention_heads", "num_key_value_heads", "head_dim", "attention_query_block"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ModelConfig: `{name}` must be a positive int, got {value!r}")

@@ -31,6 +31,7 @@ from jax.sharding import Mesh, SingleDeviceSharding
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from grpo_jax.models.attention import DEFAULT_QUERY_BLOCK
 from grpo_jax.models.config import ModelConfig
 from grpo_jax.models.model import build_model, param_shapes, param_shardings
 from grpo_jax.models.transformer import Transformer
@@ -194,6 +195,7 @@ def load_pretrained(
     dtype: Any = None,
     remat: bool = False,
     rules: LogicalRules = DEFAULT_RULES,
+    attention_query_block: int = DEFAULT_QUERY_BLOCK,
 ) -> tuple[Transformer, dict]:
     """Load a local Hugging Face checkpoint directory into (model, params).
 
@@ -203,13 +205,15 @@ def load_pretrained(
       param_dtype: dtype the parameters are stored in (float32 for training).
       dtype: compute dtype (default: param_dtype; bfloat16 is the usual choice on accelerators).
       remat: rematerialise each layer's activations in the backward pass.
+      attention_query_block: queries per rematerialised attention block (ModelConfig).
 
     Raises FileNotFoundError (no config.json / weights), ValueError (corrupt file, a tensor missing, extra
     or of the wrong shape for the config) and UnsupportedModelError (an architecture we do not implement).
     """
     path = os.fspath(path)
     config = ModelConfig.from_pretrained(
-        path, param_dtype=param_dtype, dtype=param_dtype if dtype is None else dtype, remat=remat
+        path, param_dtype=param_dtype, dtype=param_dtype if dtype is None else dtype, remat=remat,
+        attention_query_block=attention_query_block,
     )
     files = _weight_files(path)
     if config.tie_word_embeddings and "lm_head.weight" in files and not _same_tensor(

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from grpo_jax.matmul import dense
+from grpo_jax.models.attention import attend
 from grpo_jax.models.config import ModelConfig
 from grpo_jax.models.rope import apply_rotary, rotary_angles
 from grpo_jax.sharding import MeshRules, constrain
@@ -31,7 +32,6 @@ from grpo_jax.sharding import MeshRules, constrain
 # One layer's cache: {"k": [B, K, S, Dh], "v": [B, K, S, Dh]}; the model's: a tuple over layers.
 KVCache = tuple[dict[str, jax.Array], ...]
 
-_MASKED = float(jnp.finfo(jnp.float32).min)  # finite, so a row with nothing to attend stays NaN-free
 _INIT = nn.initializers.normal(stddev=0.02)
 
 
@@ -86,31 +86,24 @@ class Attention(nn.Module):
                     f"KV cache overflow: writing {key.shape[2]} token(s) at slot {cache_index} of a cache with "
                     f"{cache['k'].shape[2]} slots (a traced cache_index is not checked: XLA would clamp it)"
                 )
-            key = jax.lax.dynamic_update_slice(cache["k"], key.astype(cache["k"].dtype), (0, 0, cache_index, 0))
-            value = jax.lax.dynamic_update_slice(cache["v"], value.astype(cache["v"].dtype), (0, 0, cache_index, 0))
+            stored_k, stored_v = key.astype(cache["k"].dtype), value.astype(cache["v"].dtype)
             cache_axes = ("batch", "kv_heads", "length", "head_dim")
-            new_cache = {"k": constrain(key, cache_axes, self.mesh_rules),
-                         "v": constrain(value, cache_axes, self.mesh_rules)}
-            key, value = key.astype(dtype), value.astype(dtype)
+            new_cache = {
+                "k": constrain(jax.lax.dynamic_update_slice(cache["k"], stored_k, (0, 0, cache_index, 0)),
+                               cache_axes, self.mesh_rules),
+                "v": constrain(jax.lax.dynamic_update_slice(cache["v"], stored_v, (0, 0, cache_index, 0)),
+                               cache_axes, self.mesh_rules),
+            }
+            if isinstance(cache_index, int) and cache_index == 0:
+                # A prefill may attend exactly the slots it writes: use them as written, not a slice of the
+                # updated cache (the slice's gradient crashed XLA's YNNPACK dot on the CPU, jaxlib 0.10.2).
+                key, value, kv_mask = stored_k.astype(dtype), stored_v.astype(dtype), kv_mask[:, :key.shape[2]]
+            else:
+                key, value = new_cache["k"].astype(dtype), new_cache["v"].astype(dtype)
 
         b, t = x.shape[:2]
-        s = key.shape[2]
         q = q.reshape(b, t, k, h // k, dh)  # grouped-query: each kv head serves h // k query heads
-        if t == 1:  # decoding: a matrix-vector product per row, memory-bound; a fused multiply-reduce
-            # reads the cache once, where a batched matmul of [G, Dh] x [Dh, S] tiles is dominated by overhead
-            scores = jnp.sum(q[:, 0, :, :, None, :].astype(jnp.float32) * key[:, :, None].astype(jnp.float32),
-                             axis=-1)[:, :, :, None, :]
-        else:
-            scores = jnp.einsum("btkgd,bksd->bkgts", q, key, preferred_element_type=jnp.float32)
-        scores = scores / jnp.sqrt(jnp.float32(dh))
-        query_slot = cache_index + jnp.arange(t)
-        allowed = (jnp.arange(s)[None, :] <= query_slot[:, None])[None] & kv_mask[:, None, :].astype(bool)
-        scores = jnp.where(allowed[:, None, None], scores, _MASKED)
-        probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-        if t == 1:
-            out = jnp.sum(probs[:, :, :, 0, :, None] * value[:, :, None], axis=-2)[:, None]  # [B, 1, K, G, Dh]
-        else:
-            out = jnp.einsum("bkgts,bksd->btkgd", probs, value)
+        out = attend(q, key, value, kv_mask, cache_index, cfg.attention_query_block)
         out = out.reshape(b, t, h, dh)
         out = constrain(out, ("batch", "length", "heads", "head_dim"), self.mesh_rules)
 

@@ -27,6 +27,7 @@ def scratch_model_config(spec: ModelSpec, vocab_size: int) -> ModelConfig:
         qk_norm=spec.model_type == "qwen3", max_position_embeddings=spec.max_position_embeddings,
         bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID,
         param_dtype=DTYPES[spec.param_dtype], dtype=DTYPES[spec.dtype], remat=spec.remat,
+        attention_query_block=spec.attention_query_block,
     )
 
 
@@ -58,7 +59,8 @@ def build_policy(spec: ModelSpec, mesh: Mesh, *, seed: int,
     """
     if spec.path is not None:
         model, params = load_pretrained(spec.path, mesh=mesh, param_dtype=DTYPES[spec.param_dtype],
-                                        dtype=DTYPES[spec.dtype], remat=spec.remat)
+                                        dtype=DTYPES[spec.dtype], remat=spec.remat,
+                                        attention_query_block=spec.attention_query_block)
         tokenizer = load_tokenizer(spec.path)
     else:
         tokenizer = build_char_tokenizer(spec.alphabet)

@@ -33,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from grpo_jax.losses.aggregation import AGGREGATIONS
+from grpo_jax.models.attention import DEFAULT_QUERY_BLOCK
 from grpo_jax.models.char_tokenizer import ARITHMETIC_ALPHABET
 from grpo_jax.losses.advantages import ADVANTAGE_SCALES
 from grpo_jax.losses.kl import KL_ESTIMATORS
@@ -111,6 +112,8 @@ class ModelSpec:
       the small architecture below from scratch with a character-level tokenizer over ``alphabet``.
     param_dtype / dtype: parameter storage dtype (float32 for training) / compute dtype (bfloat16 on
       accelerators). remat: rematerialise layer activations in the backward pass.
+    attention_query_block: attention over more queries than this runs in rematerialised blocks of this
+      many queries (grpo_jax.models.attention): memory linear in the sequence length, same values.
     From scratch only: model_type, hidden_size, num_hidden_layers, num_attention_heads, num_key_value_heads,
       intermediate_size, max_position_embeddings, tie_word_embeddings, rope_theta, alphabet.
     """
@@ -119,6 +122,7 @@ class ModelSpec:
     param_dtype: str = "float32"
     dtype: str = "float32"
     remat: bool = False
+    attention_query_block: int = DEFAULT_QUERY_BLOCK
     model_type: str = "qwen2"
     hidden_size: int = 128
     num_hidden_layers: int = 2
@@ -137,7 +141,7 @@ class ModelSpec:
         _choice(s, self, "dtype", DTYPE_NAMES)
         _choice(s, self, "model_type", ("llama", "qwen2", "qwen3"))
         _positive(s, self, "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-                  "intermediate_size", "max_position_embeddings", "rope_theta")
+                  "intermediate_size", "max_position_embeddings", "rope_theta", "attention_query_block")
         _require(self.hidden_size % self.num_attention_heads == 0, s, "hidden_size", self.hidden_size,
                  f"a multiple of num_attention_heads={self.num_attention_heads}")
         _require(self.num_attention_heads % self.num_key_value_heads == 0, s, "num_key_value_heads",
