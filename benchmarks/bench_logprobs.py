@@ -11,14 +11,13 @@ what it saves.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from report import emit_table
+from report import emit_table, machine_description
 
 from grpo_jax.losses import token_logprobs, token_logprobs_from_hidden
 
@@ -73,8 +72,7 @@ def main() -> None:
     args = parser.parse_args()
 
     lines = [
-        f"Machine: {platform.processor() or platform.machine()}, {jax.device_count()} x "
-        f"{jax.devices()[0].device_kind}, jax {jax.__version__}; V = {VOCAB:,}, fp32, median of {args.repeats}.",
+        f"{machine_description()}; V = {VOCAB:,}, fp32, median of {args.repeats}.",
         "",
         "| B x T x D (chunk) | full logits MB | naive fwd / fwd+bwd temp MB | chunked fwd / fwd+bwd temp MB "
         "| naive fwd+bwd s | chunked fwd+bwd s | time chunked / naive |",

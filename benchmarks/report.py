@@ -1,6 +1,17 @@
-"""Shared output of the benchmark scripts: print a markdown table, optionally append it to a file."""
+"""Shared output of the benchmark scripts: the machine they ran on, and a markdown table printed and
+optionally appended to a file."""
 
 from __future__ import annotations
+
+import platform
+
+
+def machine_description() -> str:
+    """"Machine: <cpu>, <n> x <device kind>, jax <version>" for a table's heading line."""
+    import jax
+
+    return (f"Machine: {platform.processor() or platform.machine()}, {jax.device_count()} x "
+            f"{jax.devices()[0].device_kind}, jax {jax.__version__}")
 
 
 def emit_table(lines: list[str], markdown_path: str | None) -> None:

@@ -210,8 +210,9 @@ def estimate(config: ModelConfig, mesh: str, accumulation: int = 1, workload: Wo
     # Update, with remat: each layer keeps its bf16 input; one layer is recomputed at a time.
     micro = w.rows // w.num_minibatches // accumulation
     saved = (layers + 1) * per_device_elements(("batch", "length", "embed"), (micro, s, d), axes) * cb
-    scores = per_device_elements(("batch", "heads", "length", None), (micro, h, s, s), axes) * 12  # fp32 scores,
-    # bf16 probs, their fp32/bf16 gradients
+    # One block of queries at a time (grpo_jax.models.attention): fp32 scores, bf16 probs, their gradients.
+    block = min(c.attention_query_block, s)
+    scores = per_device_elements(("batch", "heads", "length", None), (micro, h, block, s), axes) * 12
     mlp = per_device_elements(("batch", "length", "mlp"), (micro, s, f), axes) * 16  # gate, up, product + grads, bf16
     logprob_chunk = 4 * per_device_elements(("batch", None, "vocab"), (micro, w.logprob_chunk, v), axes) * 4
     activations = saved + scores + mlp + logprob_chunk
