@@ -9,11 +9,12 @@ left-padding position) gets an unspecified finite output; nothing reads it, beca
 attends a padding slot and the losses mask padding out.
 
 Memory. Plain attention holds fp32 scores [B, K, G, T, S], and autodiff keeps the probabilities of every
-layer for the backward pass: at 32 rows x 1,056 tokens of the 12.6M benchmark model that is about 0.9 GB
-per layer. ``attend`` splits the T queries into blocks of ``query_block`` and wraps each block in
-``jax.checkpoint``, so the backward pass recomputes one block's scores at a time from the queries, keys
-and values it already keeps: the saved state is O(T), as in flash attention, for one extra QK^T matmul in
-the backward pass. A call with T <= query_block is one block and is not rematerialised.
+layer for the backward pass: at 32 rows x 1,056 tokens of the 12.6M benchmark model that is about 0.8 GB
+per tensor per layer. ``attend`` splits the T queries into blocks of ``query_block`` and wraps each block
+in ``jax.checkpoint``, so the backward pass recomputes a block's scores from the queries, keys and values
+it already keeps: what is saved for the backward pass is O(T), for one extra QK^T matmul per block. (XLA
+may still overlap several blocks' recomputations; its CPU scheduler does, so the peak holds a few blocks'
+scores: docs/benchmarks.md.) A call with T <= query_block is one block and is not rematerialised.
 
 Causal key ranges. When ``cache_index`` is a Python int (every call but a decode step), a block reads
 only the key slots its last query may see, ``[0, cache_index + block end)``: the blocks skip the upper
@@ -31,8 +32,9 @@ import numpy as np
 
 _MASKED = float(jnp.finfo(jnp.float32).min)  # finite, so a query with nothing to attend stays NaN-free
 
-# Queries per block by default: at 32 rows x 1,056 tokens of the 12.6M benchmark model on a 2-core CPU the
-# gradient took 34-38 s with blocks of 128, 39 s with 64, 43-45 s with 256 and 51-57 s as one block.
+# Queries per block by default: at 32 rows x 1,056 tokens of the 12.6M benchmark model on a 2-core CPU (with
+# XLA's memory-saving scheduler, which one block needs to fit) the gradient took 34-38 s with blocks of 128,
+# 39 s with 64, 43-45 s with 256 and 51-57 s as one block.
 DEFAULT_QUERY_BLOCK = 128
 
 
