@@ -5,7 +5,8 @@ On the step benchmark's model (workload.py's Qwen2 sizes, random weights, fp32) 
 reference log-probs (forward) and the gradient of the summed log-probs with the entropy metric (the
 update's bulk), with ``prompt_group`` 1 (plain) and G (shared), alternating, medians of ``--repeats``.
 The predicted ratio is the token-layer count, (P / G + T) / (P + T); attention (quadratic in the length)
-and the LM head (on the T completion positions in both) move the measured one around it.
+and the LM head (on the T completion positions in both) move the measured one around it. Its model,
+batch, programs and alternating timer are shared with bench_attention.py.
 
     python benchmarks/bench_shared_prompt.py [--size small] [--prompt-lengths 32 128] [--markdown FILE]
 """

@@ -64,14 +64,15 @@ def test_greedy_equals_stepwise_argmax_of_full_forward(loaded):
     np.testing.assert_array_equal(np.asarray(result.tokens)[0::2], np.asarray(result.tokens)[1::2])
 
 
-def test_greedy_equals_transformers_generate(checkpoint, loaded):
+@pytest.mark.parametrize("phase", [256, 5])  # one phase; a cache grown by 5 slots at a time (5, 10, 12)
+def test_greedy_equals_transformers_generate(checkpoint, loaded, phase):
     import torch
 
     _, torch_model = checkpoint
     model, params = loaded
     ids, mask = _prompts(1)
     result = generate(model, params, ids, mask, jax.random.key(0),
-                      SamplingConfig(num_generations=1, max_new_tokens=12, greedy=True))
+                      SamplingConfig(num_generations=1, max_new_tokens=12, greedy=True, decode_phase_tokens=phase))
     for i in range(ids.shape[0]):
         prompt = torch.as_tensor(ids[i][mask[i] == 1][None], dtype=torch.long)
         with torch.no_grad():
@@ -80,14 +81,14 @@ def test_greedy_equals_transformers_generate(checkpoint, loaded):
         np.testing.assert_array_equal(np.asarray(result.tokens)[i], out[0, prompt.shape[1]:].numpy())
 
 
-@pytest.mark.parametrize("temperature", [1.0, 0.6])
-def test_logprobs_equal_token_logprobs_on_the_full_sequence(loaded, temperature):
+@pytest.mark.parametrize("temperature, phase", [(1.0, 256), (0.6, 256), (1.0, 3)])
+def test_logprobs_equal_token_logprobs_on_the_full_sequence(loaded, temperature, phase):
     model, params = loaded
     ids, mask = _prompts(2)
     g = 4
     result = generate(model, params, ids, mask, jax.random.key(1),
                       SamplingConfig(num_generations=g, max_new_tokens=10, temperature=temperature,
-                                     eos_token_ids=(7, 11)))
+                                     eos_token_ids=(7, 11), decode_phase_tokens=phase))
     logits, tokens = _full_sequence_logits(model, params, ids, mask, result, g)
     expected = np.asarray(token_logprobs(jnp.asarray(logits), jnp.asarray(tokens), temperature=temperature))
     m = np.asarray(result.mask)
@@ -140,7 +141,8 @@ def test_mesh_gives_the_same_output_as_one_device(checkpoint, loaded, axes):
     model, params = loaded
     sharded_model, sharded_params = load_pretrained(checkpoint[0], mesh=make_mesh(axes))
     ids, mask = _prompts(5, lengths=(3, 7, 5, 1, 6, 2, 4, 7), width=7)
-    config = SamplingConfig(num_generations=2, max_new_tokens=6, temperature=0.9, eos_token_ids=(5,))
+    config = SamplingConfig(num_generations=2, max_new_tokens=6, temperature=0.9, eos_token_ids=(5,),
+                            decode_phase_tokens=4)  # the cache grows once, resharded as it grows
     single = generate(model, params, ids, mask, jax.random.key(9), config)
     sharded = generate(sharded_model, sharded_params, ids, mask, jax.random.key(9), config)
     np.testing.assert_array_equal(np.asarray(sharded.tokens), np.asarray(single.tokens))
@@ -163,6 +165,25 @@ def test_prefill_sees_b_rows_and_compiles_are_bounded_by_buckets(loaded):
     assert compile_count() - before <= len(buckets_used) <= 3
 
 
+def test_decode_phases_give_the_same_completions(loaded):
+    """The cache grown 3 slots at a time (phases ending at 3, 6, ..., 20 new tokens) against one cache of
+    all 20: the same key gives the same tokens, log-probs and ends, including rows that stop mid-phase
+    and a loop that stops in a later phase."""
+    model, params = loaded
+    ids, mask = _prompts(7)
+    results = [generate(model, params, ids, mask, jax.random.key(4),
+                        SamplingConfig(num_generations=4, max_new_tokens=20, temperature=1.1,
+                                       eos_token_ids=(3, 9, 17, 30), decode_phase_tokens=phase))
+               for phase in (20, 3)]
+    one, phased = results
+    np.testing.assert_array_equal(np.asarray(phased.tokens), np.asarray(one.tokens))
+    np.testing.assert_array_equal(np.asarray(phased.mask), np.asarray(one.mask))
+    np.testing.assert_array_equal(np.asarray(phased.finished), np.asarray(one.finished))
+    np.testing.assert_allclose(np.asarray(phased.logprobs), np.asarray(one.logprobs), atol=1e-5)
+    assert int(phased.decode_steps) == int(one.decode_steps)
+    assert np.asarray(one.finished).any() and np.asarray(one.mask).sum(1).max() > 3  # ends mid-phase, runs past one
+
+
 def test_bucket_size():
     assert [bucket_size(n, (8, 16)) for n in (1, 8, 9, 16, 17, 33)] == [8, 8, 16, 16, 32, 48]
 
@@ -181,6 +202,8 @@ def test_bad_prompts_and_configs(loaded):
         SamplingConfig(top_p=0.0)
     with pytest.raises(ValueError, match=r"`temperature` must be a finite number > 0"):
         SamplingConfig(temperature=0)
+    with pytest.raises(ValueError, match=r"decode_phase_tokens"):
+        SamplingConfig(decode_phase_tokens=0)
     with pytest.raises(ValueError, match=r"`prompt_length_buckets` must be strictly ascending"):
         SamplingConfig(prompt_length_buckets=(64, 32))
     with pytest.raises(TypeError, match=r"`config` must be a SamplingConfig"):
