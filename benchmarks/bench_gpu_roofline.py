@@ -150,8 +150,11 @@ def update_benchmark(size: str, repeats: int, mesh) -> dict:
             "model_flops": flops, "loss": float(metrics["loss"])}
 
 
-def decode_benchmark(size: str, repeats: int, mesh, param_dtype: Any) -> dict:
-    """Seconds per decode step at batch prompts x G and the least bytes it must read."""
+def decode_benchmark(size: str, repeats: int, mesh, param_dtype: Any, cast_params_once: bool = True) -> dict:
+    """Seconds per decode step at batch prompts x G and the least bytes it must read.
+
+    ``param_dtype`` float32 with ``cast_params_once`` is what the trainer samples with (fp32 masters, a bf16
+    copy made once per call); without it every decode step converts the fp32 weights it reads."""
     prompts, g, p, new = DECODE[size]
     config = model_config(size, param_dtype=param_dtype)
     model = build_model(config, mesh)
@@ -161,7 +164,8 @@ def decode_benchmark(size: str, repeats: int, mesh, param_dtype: Any) -> dict:
     key = jax.random.key(1)
     result = {}
     for n in (1, new):
-        sampling = SamplingConfig(num_generations=g, max_new_tokens=n, pad_token_id=0)
+        sampling = SamplingConfig(num_generations=g, max_new_tokens=n, pad_token_id=0,
+                                  cast_params_once=cast_params_once)
         start = time.perf_counter()
         jax.block_until_ready(generate(model, params, ids, mask, key, sampling).tokens)
         first = time.perf_counter() - start
@@ -169,9 +173,13 @@ def decode_benchmark(size: str, repeats: int, mesh, param_dtype: Any) -> dict:
         result[n] = (first, t)
     rows = prompts * g
     step = (result[new][1] - result[1][1]) / (new - 1)
-    least = decode_bytes(config, rows, p + new / 2, weight_dtype=param_dtype)
-    moved = decode_bytes(config, rows, p + new, weight_dtype=param_dtype)  # the cache buffer is read whole
-    return {"size": size, "param_dtype": jnp.dtype(param_dtype).name, "rows": rows, "prompt": p,
+    read_dtype = config.dtype if cast_params_once else param_dtype  # the weights each decode step reads
+    least = decode_bytes(config, rows, p + new / 2, weight_dtype=read_dtype)
+    moved = decode_bytes(config, rows, p + new, weight_dtype=read_dtype)  # the cache buffer is read whole
+    weights = "bf16" if param_dtype == jnp.bfloat16 else (
+        "fp32 masters, bf16 copy once per call" if cast_params_once else "fp32 masters, converted every step")
+    return {"size": size, "param_dtype": jnp.dtype(param_dtype).name, "cast_params_once": cast_params_once,
+            "weights": weights, "rows": rows, "prompt": p,
             "new_tokens": new, "prefill_and_1_s": result[1][1], "total_s": result[new][1],
             "compile_s": result[new][0] - result[new][1], "decode_step_s": step,
             "least_bytes_per_step": least, "buffer_bytes_per_step": moved,
@@ -194,7 +202,7 @@ def markdown(report: dict) -> str:
               "| tokens/s (incl. prefill) |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for d in report["decode"]:
         use = d["least_bytes_per_step"] / d["decode_step_s"] / bw
-        lines.append(f"| Qwen2.5-{d['size']} shape | {d['param_dtype']} | {d['rows']} | "
+        lines.append(f"| Qwen2.5-{d['size']} shape | {d.get('weights', d['param_dtype'])} | {d['rows']} | "
                      f"{1e3 * d['decode_step_s']:.2f} | {d['least_bytes_per_step'] / 1e6:.0f} | {100 * use:.0f}% | "
                      f"{d['tokens_per_s']:,.0f} |")
     return "\n".join(lines)
@@ -206,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--allow-cpu", action="store_true", help="run without an accelerator (smoke test)")
     parser.add_argument("--decode-fp32", action="store_true",
-                        help="also decode with float32 master weights (what the trainer samples with today)")
+                        help="also decode with float32 master weights: converted to bf16 once per call (what the "
+                             "trainer does) and converted in every step (cast_params_once=False)")
+    parser.add_argument("--parts", default="update,decode", help="which measurements: update, decode or both")
     parser.add_argument("--json", help="write the raw figures here")
     args = parser.parse_args(argv)
     device = jax.devices()[0]
@@ -220,12 +230,16 @@ def main(argv: list[str] | None = None) -> int:
               "ceilings": measure_ceilings(256 if small else 8192, 2 ** 20 if small else 2 ** 31, args.repeats),
               "update": [], "decode": []}
     print(json.dumps(report["ceilings"]), flush=True)
+    parts = set(args.parts.split(","))
+    if not parts or parts - {"update", "decode"}:
+        parser.error(f"--parts takes update, decode or update,decode; got {args.parts!r}")
+    variants = [(jnp.bfloat16, True)] + ([(jnp.float32, True), (jnp.float32, False)] if args.decode_fp32 else [])
     for size in sizes:
-        report["update"].append(update_benchmark(size, args.repeats, mesh))
-        print(json.dumps(report["update"][-1]), flush=True)
-        dtypes = [jnp.bfloat16] + ([jnp.float32] if args.decode_fp32 else [])
-        for dtype in dtypes:
-            report["decode"].append(decode_benchmark(size, args.repeats, mesh, dtype))
+        if "update" in parts:
+            report["update"].append(update_benchmark(size, args.repeats, mesh))
+            print(json.dumps(report["update"][-1]), flush=True)
+        for dtype, cast in variants if "decode" in parts else ():
+            report["decode"].append(decode_benchmark(size, args.repeats, mesh, dtype, cast))
             print(json.dumps(report["decode"][-1]), flush=True)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

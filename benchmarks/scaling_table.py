@@ -81,6 +81,7 @@ class Workload:
     reference_bytes: int = 4  # the trainer copies the parameters, so the reference has their dtype
     moment_bytes: int = 8  # AdamW's mu and nu, in the parameters' dtype (optax's default)
     compute_bytes: int = 2  # bfloat16 activations and KV cache (model.dtype)
+    cast_params_once: bool = True  # grpo.cast_params_once: the sampler holds the parameters in model.dtype
     logprob_chunk: int = 128  # token_logprobs_from_hidden's time chunk
 
     @property
@@ -167,6 +168,7 @@ class Estimate:
     sampler_temps: float
     activations: float  # saved layer inputs + one layer's recompute + a log-prob chunk
     weight_copies: float  # bf16 (all-gathered, for FSDP) copies of two layers and the unembedding
+    sampling_params: float  # the sampler's compute-dtype copy of the (sharded) parameters
 
     @property
     def persistent(self) -> float:
@@ -174,7 +176,7 @@ class Estimate:
 
     @property
     def sampling_peak(self) -> float:
-        return self.persistent + self.kv_cache + self.sampler_temps + self.weight_copies
+        return self.persistent + self.kv_cache + self.sampler_temps + self.weight_copies + self.sampling_params
 
     @property
     def update_peak(self) -> float:
@@ -206,6 +208,8 @@ def estimate(config: ModelConfig, mesh: str, accumulation: int = 1, workload: Wo
     prefill_logits = per_device_elements(("batch", "length", "vocab"), (w.prompts, w.prompt_len, v), axes) * 4
     decode_logits = 4 * per_device_elements(("batch", "vocab"), (w.rows, v), axes) * 4  # logits, scaled, log-softmax, cdf
     sampler_temps = max(prefill_logits, decode_logits)
+    # grpo.cast_params_once: the parameters converted to the compute dtype once per rollout, sharded like them
+    sampling_params = n_params * cb if w.cast_params_once and cb != w.param_bytes else 0.0
 
     # Update, with remat: each layer keeps its bf16 input; one layer is recomputed at a time.
     micro = w.rows // w.num_minibatches // accumulation
@@ -224,7 +228,7 @@ def estimate(config: ModelConfig, mesh: str, accumulation: int = 1, workload: Wo
     unembedding = per_device_elements(("embed", "vocab"), (d, v), no_fsdp)
     weight_copies = (2 * gathered_layer + unembedding) * cb
     return Estimate(mesh, accumulation, params, grads, moments, reference, kv, sampler_temps, activations,
-                    weight_copies)
+                    weight_copies, sampling_params)
 
 
 def accumulation_choices(mesh: str, workload: Workload = WORKLOAD) -> list[int]:
@@ -347,6 +351,7 @@ LEVERS = (
     ("`grpo.beta=0`: no reference model", {"beta": 0.0}),
     ("`grpo.num_generations=8` (G 8: 128 sequences)", {"group": 8}),
     ("`grpo.max_completion_length=512`", {"completion_len": 512}),
+    ("`grpo.cast_params_once=false`: no bf16 copy of the parameters while sampling", {"cast_params_once": False}),
     ("`model.param_dtype=bfloat16`: bf16 params, grads, moments, reference (lossy, see below)",
      {"param_bytes": 2, "moment_bytes": 4, "reference_bytes": 2}),
 )

@@ -63,6 +63,12 @@ class SamplingConfig:
     decode_phase_tokens: the KV cache grows by this many slots at a time while decoding, so a decode step
       reads only the slots of the phase it is in (the prompt and up to this many more than it has
       generated), not all max_new_tokens: one compiled loop per phase, the same tokens.
+    cast_params_once: convert the parameters to the model's compute dtype once per call, before the
+      prefill, instead of inside every decode step. The model converts every parameter to its compute
+      dtype before using it, so the tokens and log-probs are the same; with float32 parameters and
+      bfloat16 compute a decode step then reads half the weight bytes (on an FSDP mesh it also
+      all-gathers half). The cost is one compute-dtype copy of the parameters, sharded like them, while
+      sampling. Nothing changes when the two dtypes are the same.
     """
 
     num_generations: int = 8
@@ -76,6 +82,7 @@ class SamplingConfig:
     prompt_length_buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048)
     batch_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
     decode_phase_tokens: int = 256
+    cast_params_once: bool = True
 
     def __post_init__(self) -> None:
         fn = "SamplingConfig"
@@ -88,6 +95,8 @@ class SamplingConfig:
         v.as_int(fn, "top_k", self.top_k, minimum=0)
         v.as_int(fn, "pad_token_id", self.pad_token_id, minimum=0)
         v.as_int(fn, "decode_phase_tokens", self.decode_phase_tokens, minimum=1)
+        if not isinstance(self.cast_params_once, (bool, np.bool_)):
+            raise TypeError(f"{fn}: `cast_params_once` must be True or False, got {self.cast_params_once!r}")
         v.require_positive(fn, "temperature", self.temperature)
         if not 0.0 < float(self.top_p) <= 1.0:
             raise ValueError(f"{fn}: `top_p` must be in (0, 1], got {self.top_p!r}")
@@ -175,6 +184,14 @@ def _choose(logits: jax.Array, key: jax.Array, config: SamplingConfig) -> tuple[
     return token, pick(sampling), pick(policy)
 
 
+def params_in_compute_dtype(model_config, params):
+    """``params`` with every floating-point leaf converted to ``model_config.dtype`` (the model converts each
+    parameter to that dtype before using it, so the model's outputs do not change). Integer leaves and
+    leaves already in that dtype are returned as they are."""
+    dtype = jnp.dtype(model_config.dtype)
+    return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
+
+
 def _generate_program(model: Transformer, config: SamplingConfig, params, prompt_ids, prompt_mask, key):
     """The jitted sampler for one (batch bucket, prompt bucket). Shapes: prompt_* [Bb, Pb]."""
     _TRACES["count"] += 1
@@ -183,6 +200,8 @@ def _generate_program(model: Transformer, config: SamplingConfig, params, prompt
     n = b * g
     _TRACES["last_prefill_rows"], _TRACES["last_decode_rows"] = b, n
     rules = model.mesh_rules
+    if config.cast_params_once:  # once here, not inside every decode step of the loops below
+        params = params_in_compute_dtype(model.config, params)
 
     def rows(x, axes):  # shard rows of per-completion state over the batch axes of the mesh
         return x if rules is None else jax.lax.with_sharding_constraint(

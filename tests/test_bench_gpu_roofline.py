@@ -62,6 +62,23 @@ def test_smoke_run_on_cpu_writes_its_report(bench, tmp_path, capsys):
     assert "| Qwen2.5-tiny shape" in capsys.readouterr().out
 
 
+def test_decode_variants_count_the_weights_each_step_reads(bench, tmp_path):
+    out = tmp_path / "decode.json"
+    assert bench.main(["--sizes", "tiny", "--allow-cpu", "--repeats", "1", "--parts", "decode", "--decode-fp32",
+                       "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["update"] == []
+    bf16, cast_once, every_step = report["decode"]
+    assert (cast_once["param_dtype"], cast_once["cast_params_once"]) == ("float32", True)
+    assert (every_step["param_dtype"], every_step["cast_params_once"]) == ("float32", False)
+    # the bf16 copy is read like bf16 weights; converting in every step reads the fp32 masters
+    assert cast_once["least_bytes_per_step"] == bf16["least_bytes_per_step"]
+    n = bench.parameter_count(bench.model_config("tiny"))
+    assert every_step["least_bytes_per_step"] - bf16["least_bytes_per_step"] == 2 * n
+    with pytest.raises(SystemExit):
+        bench.main(["--sizes", "tiny", "--allow-cpu", "--parts", "prefill"])
+
+
 def test_without_accelerator_it_skips(bench, capsys):
     assert bench.main(["--sizes", "tiny"]) == 0
     assert "no accelerator; skipped" in capsys.readouterr().out

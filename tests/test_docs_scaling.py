@@ -86,3 +86,9 @@ def test_estimate_terms(table, name):
     no_reference = table.estimate(config, "fsdp:8", 2, table.dataclasses.replace(w, beta=0.0), layout)
     assert no_reference.reference == 0
     assert sharded.peak == max(sharded.sampling_peak, sharded.update_peak)
+    # the sampler's bf16 copy of the parameters: half the fp32 parameters, sharded alike; none without it
+    assert replicated.sampling_params == 2 * n and sharded.sampling_params == sharded.params / 2
+    uncast = table.estimate(config, "fsdp:8", 2, table.dataclasses.replace(w, cast_params_once=False), layout)
+    assert uncast.sampling_params == 0 and sharded.sampling_peak - uncast.sampling_peak == sharded.sampling_params
+    bf16_params = table.dataclasses.replace(w, param_bytes=2, moment_bytes=4, reference_bytes=2)
+    assert table.estimate(config, "fsdp:8", 2, bf16_params, layout).sampling_params == 0  # nothing to convert

@@ -15,7 +15,9 @@ from grpo_jax.sampling import (  # noqa: E402
     bucket_size,
     compile_count,
     generate,
+    _generate_program,
     last_trace_shapes,
+    params_in_compute_dtype,
 )
 from grpo_jax.sharding import make_mesh  # noqa: E402
 from hf_checkpoints import make_checkpoint  # noqa: E402
@@ -184,6 +186,32 @@ def test_decode_phases_give_the_same_completions(loaded):
     assert np.asarray(one.finished).any() and np.asarray(one.mask).sum(1).max() > 3  # ends mid-phase, runs past one
 
 
+def test_params_cast_once_give_the_same_completions_and_leave_the_loops_in_bf16(checkpoint):
+    # float32 masters, bfloat16 compute: what the trainer samples with on an accelerator
+    model, params = load_pretrained(checkpoint[0], dtype=jnp.bfloat16)
+    ids, mask = _prompts(4)
+    padded = (jnp.zeros((4, 16), jnp.int32), jnp.ones((4, 16), jnp.int32), jax.random.key(0))
+    param_shapes = {x.shape for x in jax.tree.leaves(params)}
+    results, loop_dtypes = [], []
+    for cast in (True, False):
+        config = SamplingConfig(num_generations=4, max_new_tokens=12, decode_phase_tokens=5, cast_params_once=cast)
+        results.append(generate(model, params, ids, mask, jax.random.key(3), config))
+        jaxpr = jax.make_jaxpr(_generate_program, static_argnums=(0, 1))(model, config, params, *padded)
+        loops = [e for e in jaxpr.eqns if e.primitive.name == "while"]
+        assert len(loops) == 3  # phases of 5, 10 and 12 tokens
+        # the parameters the decode loops read: every operand shaped like a parameter
+        loop_dtypes.append({str(x.aval.dtype) for e in loops for x in e.invars
+                            if getattr(x.aval, "shape", None) in param_shapes and x.aval.ndim == 2})
+    assert loop_dtypes == [{"bfloat16"}, {"float32"}]
+    cast, per_step = results
+    np.testing.assert_array_equal(np.asarray(cast.tokens), np.asarray(per_step.tokens))
+    np.testing.assert_allclose(np.asarray(cast.logprobs), np.asarray(per_step.logprobs), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(cast.policy_logprobs), np.asarray(per_step.policy_logprobs), atol=1e-5)
+    converted = params_in_compute_dtype(model.config, {"w": params["embedding"], "step": jnp.int32(3)})
+    assert converted["w"].dtype == jnp.bfloat16 and converted["step"].dtype == jnp.int32
+    np.testing.assert_array_equal(np.asarray(converted["w"]), np.asarray(params["embedding"].astype(jnp.bfloat16)))
+
+
 def test_bucket_size():
     assert [bucket_size(n, (8, 16)) for n in (1, 8, 9, 16, 17, 33)] == [8, 8, 16, 16, 32, 48]
 
@@ -204,6 +232,8 @@ def test_bad_prompts_and_configs(loaded):
         SamplingConfig(temperature=0)
     with pytest.raises(ValueError, match=r"decode_phase_tokens"):
         SamplingConfig(decode_phase_tokens=0)
+    with pytest.raises(TypeError, match=r"`cast_params_once` must be True or False"):
+        SamplingConfig(cast_params_once="yes")
     with pytest.raises(ValueError, match=r"`prompt_length_buckets` must be strictly ascending"):
         SamplingConfig(prompt_length_buckets=(64, 32))
     with pytest.raises(TypeError, match=r"`config` must be a SamplingConfig"):

@@ -227,6 +227,9 @@ class GRPOConfig:
       a completion and the completion's end counts as a last step rewarded with the total outcome reward;
       token advantages come from grpo_jax.losses.process_advantages. None = outcome supervision.
     max_completion_length, temperature, top_p, top_k: sampling.
+    decode_phase_tokens, cast_params_once: how the sampler runs (grpo_jax.sampling.SamplingConfig): the KV
+      cache grows by this many slots at a time; the parameters are converted to the compute dtype once per
+      rollout rather than in every decode step (false saves that copy's memory, 2 bytes per parameter).
     stop_strings_as_eos: not supported; extra stop token ids go in ``extra_eos_token_ids``.
     """
 
@@ -254,6 +257,8 @@ class GRPOConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
+    decode_phase_tokens: int = 256
+    cast_params_once: bool = True
     extra_eos_token_ids: tuple[int, ...] = ()
     code_timeout_s: float = 1.0
 
@@ -263,7 +268,7 @@ class GRPOConfig:
         _require(isinstance(self.num_generations, int) and self.num_generations >= 2, s, "num_generations",
                  self.num_generations, "an int >= 2 (GRPO compares completions within a group)")
         _positive(s, self, "num_iterations", "num_minibatches", "epsilon", "max_completion_length",
-                  "temperature", "code_timeout_s", "overlong_buffer")
+                  "temperature", "code_timeout_s", "overlong_buffer", "decode_phase_tokens")
         _positive(s, self, "beta", "max_resample_rounds", "ref_model_sync_steps", "top_k", allow_zero=True)
         if self.epsilon_high is not None:
             _positive(s, self, "epsilon_high")

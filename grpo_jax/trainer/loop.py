@@ -41,7 +41,7 @@ from grpo_jax.sampling import SamplingConfig, bucket_size
 from grpo_jax.sharding import make_hybrid_mesh, make_mesh
 from grpo_jax.trainer import rollout as rollout_lib
 from grpo_jax.trainer.build import build_policy
-from grpo_jax.trainer.config import TrainConfig
+from grpo_jax.trainer.config import GRPOConfig, TrainConfig
 from grpo_jax.trainer.evaluation import SOLVED, evaluate
 from grpo_jax.trainer.sft import run_sft
 from grpo_jax.trainer.state import abstract_train_state, build_optimizer, create_state, state_shardings
@@ -104,6 +104,18 @@ class RunContext:
                         num_samples=run.eval_num_samples)
 
 
+def sampling_config(g: GRPOConfig, max_prompt_length: int, eos_token_ids: Sequence[int],
+                    pad_token_id: int) -> SamplingConfig:
+    """The sampler's settings for a run: the ``grpo`` section's sampling fields, and prompt-length buckets up
+    to the one holding ``max_prompt_length`` (longer prompts are left out of the data)."""
+    top = bucket_size(max_prompt_length, SamplingConfig.prompt_length_buckets)
+    buckets = tuple(b for b in SamplingConfig.prompt_length_buckets if b < top) + (top,)
+    return SamplingConfig(num_generations=g.num_generations, max_new_tokens=g.max_completion_length,
+                          temperature=g.temperature, top_p=g.top_p, top_k=g.top_k, eos_token_ids=tuple(eos_token_ids),
+                          pad_token_id=pad_token_id, prompt_length_buckets=buckets,
+                          decode_phase_tokens=g.decode_phase_tokens, cast_params_once=g.cast_params_once)
+
+
 def build_context(config: TrainConfig, output_dir: str | None = None) -> RunContext:
     """Build the run's pieces (nothing is compiled yet). Data and config errors surface here."""
     g, d = config.grpo, config.data
@@ -120,11 +132,7 @@ def build_context(config: TrainConfig, output_dir: str | None = None) -> RunCont
         mesh = make_mesh(config.run.mesh_axes, devices=devices)
     model, params, tokenizer, eos = build_policy(config.model, mesh, seed=config.run.seed,
                                                  extra_eos=g.extra_eos_token_ids)
-    top = bucket_size(d.max_prompt_length, SamplingConfig.prompt_length_buckets)
-    buckets = tuple(b for b in SamplingConfig.prompt_length_buckets if b < top) + (top,)
-    sampling = SamplingConfig(num_generations=g.num_generations, max_new_tokens=g.max_completion_length,
-                              temperature=g.temperature, top_p=g.top_p, top_k=g.top_k, eos_token_ids=eos,
-                              pad_token_id=int(tokenizer.pad_token_id), prompt_length_buckets=buckets)
+    sampling = sampling_config(g, d.max_prompt_length, eos, int(tokenizer.pad_token_id))
     examples = load_examples(d)
     check_reward_fields(g, d, examples[0])
     train_examples, eval_examples = train_eval_split(d, examples)
