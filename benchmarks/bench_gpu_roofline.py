@@ -11,7 +11,8 @@ vocabulary 151,936, tied embeddings), on one device:
 * decoding (``grpo_jax.sampling.generate``, batch >= 256, no EOS so every row runs the full length): the
   time per decode step is (time of N new tokens - time of 1 new token) / (N - 1); the bytes a decode step
   must read at the least are the weights (bf16: the matrices and the LM head, once) plus the valid part of
-  the KV cache; utilisation = those bytes / step time / measured copy bandwidth.
+  the KV cache (each prompt's slots once, as the sampler keeps them, and each row's own new tokens);
+  utilisation = those bytes / step time / measured copy bandwidth.
 
     python benchmarks/bench_gpu_roofline.py --json roofline.json          # needs a GPU (skips without one)
     python benchmarks/bench_gpu_roofline.py --sizes tiny --allow-cpu      # a smoke run of the code path
@@ -78,11 +79,12 @@ def forward_flops(config: ModelConfig, rows: int, seq_len: int, logit_positions:
 
 
 def decode_bytes(config: ModelConfig, rows: int, context: float, weight_dtype: Any = jnp.bfloat16,
-                 cache_dtype: Any = jnp.bfloat16) -> float:
+                 cache_dtype: Any = jnp.bfloat16, shared_slots: int = 0) -> float:
     """The least a decode step must read from memory: every parameter once (the tied embedding once, as the
-    LM head) and each row's ``context`` cached keys and values."""
+    LM head), each row's ``context`` cached keys and values of its own, and ``shared_slots`` more that rows
+    share (the prompts' slots, which the sampler keeps once per prompt)."""
     weights = parameter_count(config) * jnp.dtype(weight_dtype).itemsize
-    return weights + rows * context * kv_cache_bytes_per_token(config, cache_dtype)
+    return weights + (rows * context + shared_slots) * kv_cache_bytes_per_token(config, cache_dtype)
 
 
 def timed(fn, repeats: int) -> list[float]:
@@ -174,8 +176,10 @@ def decode_benchmark(size: str, repeats: int, mesh, param_dtype: Any, cast_param
     rows = prompts * g
     step = (result[new][1] - result[1][1]) / (new - 1)
     read_dtype = config.dtype if cast_params_once else param_dtype  # the weights each decode step reads
-    least = decode_bytes(config, rows, p + new / 2, weight_dtype=read_dtype)
-    moved = decode_bytes(config, rows, p + new, weight_dtype=read_dtype)  # the cache buffer is read whole
+    # the prompts' keys and values once per prompt (a shared prefix), each row's own new tokens
+    least = decode_bytes(config, rows, new / 2, weight_dtype=read_dtype, shared_slots=prompts * p)
+    phase = min(new, SamplingConfig.decode_phase_tokens)  # the new-token cache buffer, read whole
+    moved = decode_bytes(config, rows, phase, weight_dtype=read_dtype, shared_slots=prompts * p)
     weights = "bf16" if param_dtype == jnp.bfloat16 else (
         "fp32 masters, bf16 copy once per call" if cast_params_once else "fp32 masters, converted every step")
     return {"size": size, "param_dtype": jnp.dtype(param_dtype).name, "cast_params_once": cast_params_once,

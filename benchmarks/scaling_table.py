@@ -203,8 +203,11 @@ def estimate(config: ModelConfig, mesh: str, accumulation: int = 1, workload: Wo
     moments = n_params * w.moment_bytes  # AdamW mu and nu, sharded like the parameters
     reference = n_params * w.reference_bytes if w.beta > 0 else 0.0
 
-    # Sampling: the cache of all B*G rows, P+T slots, every layer, k and v.
-    kv = 2 * layers * per_device_elements(("batch", "kv_heads", "length", "head_dim"), (w.rows, k, s, dh), axes) * cb
+    # Sampling: every layer's k and v for the B prompts' P slots, shared by their G completions, and for the
+    # B*G completions' own T slots.
+    cache_axes = ("batch", "kv_heads", "length", "head_dim")
+    kv = 2 * layers * cb * (per_device_elements(cache_axes, (w.prompts, k, w.prompt_len, dh), axes)
+                            + per_device_elements(cache_axes, (w.rows, k, w.completion_len, dh), axes))
     prefill_logits = per_device_elements(("batch", "length", "vocab"), (w.prompts, w.prompt_len, v), axes) * 4
     decode_logits = 4 * per_device_elements(("batch", "vocab"), (w.rows, v), axes) * 4  # logits, scaled, log-softmax, cdf
     sampler_temps = max(prefill_logits, decode_logits)

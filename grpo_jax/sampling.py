@@ -6,15 +6,17 @@ How it works:
      so a training run with varying prompts compiles at most len(prompt buckets) x len(batch buckets)
      times, and in practice a handful.
   2. Prefill runs once per *prompt* (B rows, not B * G) and writes the prompt's keys/values into a KV cache
-     with room for ``max_new_tokens`` more; that cache (and the prompt's last logits) is then shared by
-     its G completions by repeating rows, so completion j of prompt i is row i * G + j (the layout of
-     grpo_jax.losses).
+     of B rows. Its G completions (completion j of prompt i is row i * G + j, the layout of
+     grpo_jax.losses) share that cache as a prefix they all attend (``Transformer(prefix=...)``), never
+     copied to their rows; each row's own cache holds only its new tokens. So the KV cache holds
+     B * P + B * G * max_new_tokens slots, not B * G * (P + max_new_tokens), and a decode step reads each
+     prompt's keys and values once, not G times.
   3. Decoding is a ``lax.while_loop`` inside the same jit: sample a token for every row, append it to the
      cache, run the model on it, repeat, and stop as soon as every row has produced an EOS/stop token (or
-     after max_new_tokens). No host round trip per token. The cache grows in phases of
+     after max_new_tokens). No host round trip per token. The new tokens' cache grows in phases of
      ``decode_phase_tokens`` slots (one loop per phase), so a decode step reads the slots filled so far
      plus at most one phase, not the whole max_new_tokens: the loops of a 1,024-token completion read
-     about 64% of the slots one loop would (with a 32-token prompt).
+     about 63% of the new-token slots one loop would.
 
 Log-probabilities and the trainer (read this before using ``logprobs`` as pi_old):
   * ``policy_logprobs`` = log softmax(logits / temperature)[token]: exactly what the trainer computes with
@@ -207,20 +209,20 @@ def _generate_program(model: Transformer, config: SamplingConfig, params, prompt
         return x if rules is None else jax.lax.with_sharding_constraint(
             x, logical_sharding(axes, x.shape, rules.mesh, rules.rules))
 
-    # The cache grows in phases: while generating tokens ends[k - 1] ... ends[k] - 1 it has p + ends[k] slots.
+    # The cache of new tokens grows in phases: while generating tokens ends[k - 1] ... ends[k] - 1 it has
+    # ends[k] slots.
     ends = [*range(config.decode_phase_tokens, new, config.decode_phase_tokens), new]
     cache_axes = ("batch", "kv_heads", "length", "head_dim")
 
-    # Prefill: once per prompt.
-    kv_mask = jnp.pad(prompt_mask, ((0, 0), (0, ends[0])))
-    cache = init_cache(model.config, b, p + ends[0])
-    logits, cache = model.apply(
-        {"params": params}, prompt_ids, positions_from_mask(prompt_mask), kv_mask, cache=cache, cache_index=0
+    # Prefill: once per prompt. Its keys and values stay one copy per prompt: the G completions (rows
+    # i * G ... i * G + G - 1) attend them as a shared prefix, and their own cache holds only new tokens.
+    logits, prompt_cache = model.apply(
+        {"params": params}, prompt_ids, positions_from_mask(prompt_mask), prompt_mask,
+        cache=init_cache(model.config, b, p), cache_index=0,
     )
-    # Share each prompt's cache and last logits with its G completions (row i * G + j).
-    cache = jax.tree.map(lambda x: rows(jnp.repeat(x, g, axis=0), cache_axes), cache)
     last_logits = rows(jnp.repeat(logits[:, -1], g, axis=0), ("batch", "vocab"))
-    kv_mask = rows(jnp.repeat(kv_mask, g, axis=0), ("batch", "length"))
+    cache = jax.tree.map(lambda x: rows(x, cache_axes), init_cache(model.config, n, ends[0]))
+    kv_mask = rows(jnp.zeros((n, ends[0]), jnp.int32), ("batch", "length"))
     first_position = jnp.repeat(jnp.sum(prompt_mask, axis=1), g)  # rotary position of the first new token
 
     def keep_going(state, end):
@@ -238,10 +240,10 @@ def _generate_program(model: Transformer, config: SamplingConfig, params, prompt
         logprobs = logprobs.at[:, t].set(jnp.where(live, lp, 0.0))
         policy_lp = policy_lp.at[:, t].set(jnp.where(live, plp, 0.0))
         done = done | jnp.isin(token, jnp.asarray(config.eos_token_ids, jnp.int32))
-        kv_mask = kv_mask.at[:, p + t].set(live.astype(kv_mask.dtype))
+        kv_mask = kv_mask.at[:, t].set(live.astype(kv_mask.dtype))
         logits, cache = model.apply(
             {"params": params}, token[:, None], (first_position + t)[:, None], kv_mask, cache=cache,
-            cache_index=p + t,
+            cache_index=t, prefix=prompt_cache, prefix_mask=prompt_mask,
         )
         return t + 1, logits[:, 0], tokens, out_mask, logprobs, policy_lp, done, cache, kv_mask, key
 

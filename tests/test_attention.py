@@ -74,6 +74,75 @@ def test_decode_step_matches_numpy():
     np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-5, atol=1e-5)
 
 
+def random_prefix(bp, p, seed=5):
+    """A shared prefix of p slots for bp prompts, prompt i left-padded by i slots."""
+    rng = np.random.default_rng(seed)
+    key, value = (rng.normal(size=(bp, K, p, DH)).astype(np.float32) for _ in range(2))
+    mask = np.arange(p)[None, :] >= np.arange(bp)[:, None]
+    return key, value, mask
+
+
+def prefix_as_own_slots(q, key, value, kv_mask, prefix):
+    """The same attention with the prefix copied into every row's first slots (an independent path):
+    (key, value, kv_mask) over P + S slots; the queries' own slots then start at P."""
+    rows = q.shape[0] // prefix[0].shape[0]
+    pk, pv, pm = (np.repeat(np.asarray(x), rows, axis=0) for x in prefix)
+    return (np.concatenate([pk, key], axis=2), np.concatenate([pv, value], axis=2),
+            np.concatenate([pm, kv_mask], axis=1))
+
+
+@pytest.mark.parametrize("t, s, first_slot, block, traced_slot", [
+    (10, 10, 0, 4, False),  # completion tokens without a cache, in blocks: the shared-prompt training pass
+    (10, 10, 0, 10, True),
+    (1, 12, 7, 4, True),  # a decode step over a growing cache of new tokens
+])
+def test_shared_prefix_matches_numpy_with_the_prefix_copied(t, s, first_slot, block, traced_slot):
+    q, key, value, kv_mask = random_inputs(6, t, s, first_slot)
+    kv_mask[:, :first_slot + t] = True  # new tokens are never padding on the left; the prefix is
+    prefix = random_prefix(2, 5)  # rows 0-2 share prompt 0, rows 3-5 prompt 1
+    full_key, full_value, full_mask = prefix_as_own_slots(q, key, value, kv_mask, prefix)
+    expected, real = ref_attention(q, full_key, full_value, full_mask, first_slot + 5)
+    assert real.all()
+    if traced_slot:
+        out = jax.jit(lambda *a: attend(*a[:5], block, a[5]))(q, key, value, kv_mask, jnp.int32(first_slot), prefix)
+    else:
+        out = jax.jit(lambda *a: attend(*a[:4], first_slot, block, a[4]))(q, key, value, kv_mask, prefix)
+    np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_shared_prefix_gradients_equal_the_copied_prefix():
+    q, key, value, kv_mask = random_inputs(4, 7, 7, 0, seed=2)
+    kv_mask[:] = True
+    prefix = random_prefix(2, 4, seed=3)
+    weights = np.random.default_rng(4).normal(size=q.shape).astype(np.float32)
+
+    def shared(q, key, value, pk, pv):
+        return jnp.sum(attend(q, key, value, kv_mask, 0, 3, (pk, pv, prefix[2])) * weights)
+
+    def copied(q, key, value, pk, pv):  # autodiff through the repeat sums the G rows' gradients
+        full_key = jnp.concatenate([jnp.repeat(pk, 2, axis=0), key], axis=2)
+        full_value = jnp.concatenate([jnp.repeat(pv, 2, axis=0), value], axis=2)
+        mask = np.concatenate([np.repeat(prefix[2], 2, axis=0), kv_mask], axis=1)
+        return jnp.sum(attend(q, full_key, full_value, mask, 4, 7) * weights)
+
+    args = (q, key, value, prefix[0], prefix[1])
+    got, want = (jax.jit(jax.value_and_grad(f, argnums=range(5)))(*args) for f in (shared, copied))
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+    for a, b in zip(got[1], want[1]):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+def test_shared_prefix_needs_whole_groups_and_a_mask(models):
+    q, key, value, kv_mask = random_inputs(5, 1, 4, 3)
+    with pytest.raises(ValueError, match="5 query rows are not a multiple of the prefix's 2"):
+        attend(q, key, value, kv_mask, 3, 4, random_prefix(2, 3))
+    model, _, params = models
+    ids = jnp.ones((2, 3), jnp.int32)
+    cache = init_cache(model.config, 2, 3)
+    with pytest.raises(ValueError, match="`prefix` and `prefix_mask` go together"):
+        model.apply({"params": params}, ids, positions_from_mask(ids), ids, prefix=cache)
+
+
 def test_block_gradients_equal_one_block():
     """Rematerialised blocks against plain autodiff of one block (an independent path: no checkpoint,
     no key slicing); a wrong causal range in any block would change the key/value gradients."""

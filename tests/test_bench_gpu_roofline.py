@@ -49,6 +49,9 @@ def test_decode_bytes_read_every_parameter_once_and_the_valid_cache(bench):
     # keys and values, bf16, every layer and kv head: [rows, context, layers, 2, K, Dh] x 2 bytes
     kv_per_token = config.num_hidden_layers * 2 * config.num_key_value_heads * config.head_dim * 2
     assert bench.decode_bytes(config, rows=3, context=10) - weight_bytes == 3 * 10 * kv_per_token
+    # a prompt's slots shared by its rows are read once
+    shared = bench.decode_bytes(config, rows=3, context=10, shared_slots=4) - weight_bytes
+    assert shared == (3 * 10 + 4) * kv_per_token
 
 
 def test_smoke_run_on_cpu_writes_its_report(bench, tmp_path, capsys):

@@ -82,7 +82,9 @@ def test_estimate_terms(table, name):
     sharded = table.estimate(config, "fsdp:8", 2, w, layout)
     # every Qwen2.5 width divides by 8; only the q/k/v biases (no "embed" axis) stay whole on each device
     assert 4 * n / 8 < sharded.params < 1.001 * 4 * n / 8 and sharded.grads == 2 * sharded.params
-    assert sharded.kv_cache * 8 == kv_cache_bytes_per_token(config) * w.rows * w.seq_len
+    # the prompts' slots once per prompt, the completions' per row
+    slots = w.prompts * w.prompt_len + w.rows * w.completion_len
+    assert sharded.kv_cache * 8 == kv_cache_bytes_per_token(config) * slots
     no_reference = table.estimate(config, "fsdp:8", 2, table.dataclasses.replace(w, beta=0.0), layout)
     assert no_reference.reference == 0
     assert sharded.peak == max(sharded.sampling_peak, sharded.update_peak)

@@ -58,7 +58,7 @@ class Attention(nn.Module):
     mesh_rules: MeshRules | None = None
 
     @nn.compact
-    def __call__(self, x, cos, sin, kv_mask, cache, cache_index):
+    def __call__(self, x, cos, sin, kv_mask, cache, cache_index, prefix=None, prefix_mask=None):
         cfg = self.config
         d, h, k, dh = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         dtype = cfg.dtype
@@ -103,7 +103,8 @@ class Attention(nn.Module):
 
         b, t = x.shape[:2]
         q = q.reshape(b, t, k, h // k, dh)  # grouped-query: each kv head serves h // k query heads
-        out = attend(q, key, value, kv_mask, cache_index, cfg.attention_query_block)
+        shared = None if prefix is None else (prefix["k"].astype(dtype), prefix["v"].astype(dtype), prefix_mask)
+        out = attend(q, key, value, kv_mask, cache_index, cfg.attention_query_block, shared)
         out = out.reshape(b, t, h, dh)
         out = constrain(out, ("batch", "length", "heads", "head_dim"), self.mesh_rules)
 
@@ -137,9 +138,9 @@ class DecoderLayer(nn.Module):
     mesh_rules: MeshRules | None = None
 
     @nn.compact
-    def __call__(self, x, cos, sin, kv_mask, cache, cache_index):
+    def __call__(self, x, cos, sin, kv_mask, cache, cache_index, prefix=None, prefix_mask=None):
         attn_out, new_cache = Attention(self.config, self.mesh_rules, name="attn")(
-            RMSNorm(self.config, name="input_norm")(x), cos, sin, kv_mask, cache, cache_index
+            RMSNorm(self.config, name="input_norm")(x), cos, sin, kv_mask, cache, cache_index, prefix, prefix_mask
         )
         x = x + attn_out
         x = x + MLP(self.config, self.mesh_rules, name="mlp")(RMSNorm(self.config, name="post_attention_norm")(x))
@@ -158,6 +159,11 @@ class Transformer(nn.Module):
         exceed the cache's S slots (checked for a Python int; a traced index past the end is clamped by
         XLA, which would overwrite the last slots).
       return_hidden: return the final-norm hidden states [B, T, D] (compute dtype) instead of logits.
+      prefix, prefix_mask: None, or the KVCache of a shared prompt, Bp rows of P slots (what a call with
+        ``cache=init_cache(config, Bp, P), cache_index=0`` returns for it), and its [Bp, P] mask, with B a
+        multiple of Bp: every token of rows ``i * B // Bp ... (i + 1) * B // Bp - 1`` also attends prompt
+        row i's real slots, which come before all of its own (``grpo_jax.models.attention``). GRPO's G
+        completions of a prompt share its keys and values this way instead of holding G copies.
     """
 
     config: ModelConfig
@@ -165,8 +171,11 @@ class Transformer(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids, positions, kv_mask, cache: KVCache | None = None, cache_index: Any = 0,
-                 return_hidden: bool = False):
+                 return_hidden: bool = False, prefix: KVCache | None = None, prefix_mask: Any = None):
         cfg = self.config
+        if (prefix is None) != (prefix_mask is None):
+            raise ValueError("Transformer: `prefix` and `prefix_mask` go together (the shared prompt's KV cache "
+                             "and its [Bp, P] mask)")
         embedding = _param(self, "embedding", _INIT, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"))
         x = jnp.take(embedding, input_ids, axis=0).astype(cfg.dtype)
         x = constrain(x, ("batch", "length", "embed"), self.mesh_rules)
@@ -175,7 +184,8 @@ class Transformer(nn.Module):
         new_cache = []
         for i in range(cfg.num_hidden_layers):
             x, layer_cache = layer_cls(cfg, self.mesh_rules, name=f"layers_{i}")(
-                x, cos, sin, kv_mask, None if cache is None else cache[i], cache_index
+                x, cos, sin, kv_mask, None if cache is None else cache[i], cache_index,
+                None if prefix is None else prefix[i], prefix_mask
             )
             new_cache.append(layer_cache)
         x = RMSNorm(cfg, name="final_norm")(x)
