@@ -4,8 +4,8 @@ On the step benchmark's model (workload.py's Qwen2 sizes, random weights, fp32):
 32 tokens, G completions each, ``max_new_tokens`` from ``--lengths`` with no stop token (every row runs the
 whole length), temperature 1. ``generate`` with ``decode_phase_tokens`` = ``--phase`` and = the whole
 length (one phase, what every decode step read before), alternating, medians of ``--repeats`` (compile
-excluded). Predicted: a decode step's attention reads p + the current phase's end slots instead of
-p + max_new_tokens, and the rest of the step (the matmuls over the weights, the sampling over the
+excluded). Predicted: a decode step's attention reads the prompt's p slots once per group of G rows plus
+each row's own slots up to the current phase's end, instead of up to max_new_tokens, and the rest of the step (the matmuls over the weights, the sampling over the
 vocabulary) does not change.
 
     python benchmarks/bench_decode_phases.py [--size small] [--lengths 512 1024] [--markdown FILE]
@@ -24,12 +24,14 @@ from bench_shared_prompt import alternate, grpo_batch, model_config, workload_pa
 from report import emit_table, machine_description  # noqa: E402
 
 
-def read_fraction(prompt_length: int, new_tokens: int, phase: int) -> float:
-    """Cache slots a decode step reads with phases, over those it reads with one cache, averaged over steps."""
+def read_fraction(prompt_length: int, new_tokens: int, phase: int, group: int = 1) -> float:
+    """Cache slots a decode step reads with phases, over those it reads with one cache, averaged over steps;
+    the prompt's slots are shared by ``group`` rows (read once for them)."""
     ends = [*range(phase, new_tokens, phase), new_tokens]
     starts = [0, *ends[:-1]]
-    read = sum((end - start) * (prompt_length + end) for start, end in zip(starts, ends))
-    return read / (new_tokens * (prompt_length + new_tokens))
+    shared = prompt_length / group
+    read = sum((end - start) * (shared + end) for start, end in zip(starts, ends))
+    return read / (new_tokens * (shared + new_tokens))
 
 
 def measure(size: str, prompts: int, group: int, prompt_length: int, new_tokens: int, phase: int,
@@ -70,7 +72,7 @@ def main() -> None:
     for t in args.lengths:
         result = measure(args.size, args.prompts, g, p, t, args.phase, args.repeats)
         lines.append(f"| {t} | {result['one phase']:.2f} | {result['phases']:.2f} "
-                     f"| {result['phases'] / result['one phase']:.2f} | {read_fraction(p, t, args.phase):.2f} |")
+                     f"| {result['phases'] / result['one phase']:.2f} | {read_fraction(p, t, args.phase, g):.2f} |")
         print(lines[-1], flush=True)
     emit_table(lines, args.markdown)
 

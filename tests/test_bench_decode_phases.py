@@ -18,3 +18,5 @@ def test_read_fraction_counts_every_decode_step():
         slots = [p + min(new, phase * math.ceil((t + 1) / phase)) for t in range(new)]  # step t's cache
         assert math.isclose(bench.read_fraction(p, new, phase), sum(slots) / (new * (p + new)))
     assert math.isclose(bench.read_fraction(32, 1024, 256), 2688 / 4 / 1056)
+    # a prompt shared by 8 rows counts 32 / 8 slots per row
+    assert math.isclose(bench.read_fraction(32, 1024, 256, group=8), (4 * 4 + 2560) / 4 / 1028)
