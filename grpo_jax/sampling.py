@@ -62,9 +62,9 @@ class SamplingConfig:
     pad_token_id: written after a completion ends and used to pad prompts.
     prompt_length_buckets, batch_buckets: ascending sizes prompts and batches are padded up to; beyond
       the largest, sizes round up to a multiple of it.
-    decode_phase_tokens: the KV cache grows by this many slots at a time while decoding, so a decode step
-      reads only the slots of the phase it is in (the prompt and up to this many more than it has
-      generated), not all max_new_tokens: one compiled loop per phase, the same tokens.
+    decode_phase_tokens: the new tokens' KV cache grows by this many slots at a time while decoding, so a
+      decode step reads only the slots of the phase it is in (up to this many more than it has generated)
+      besides the prompt's, not all max_new_tokens: one compiled loop per phase, the same tokens.
     cast_params_once: convert the parameters to the model's compute dtype once per call, before the
       prefill, instead of inside every decode step. The model converts every parameter to its compute
       dtype before using it, so the tokens and log-probs are the same; with float32 parameters and

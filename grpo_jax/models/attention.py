@@ -104,7 +104,7 @@ def _prefix_as_own_slots(prefix: Prefix, key: jax.Array, value: jax.Array, kv_ma
 def _attend_slots(q: jax.Array, key: jax.Array, value: jax.Array, kv_mask: jax.Array,
                   first_slot: Any, prefix: Prefix | None = None) -> jax.Array:
     """Attention of queries in slots ``first_slot ... first_slot + T - 1`` over key slots 0 ... S - 1 (and
-    the prefix's slots).
+    the prefix's slots, for any T; ``attend`` passes a prefix here only for single-query calls).
 
     Shapes as ``attend``; here S may be the first slots of the cache. Scores and softmax are fp32."""
     b, t, k, g, dh = q.shape
