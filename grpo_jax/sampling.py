@@ -152,6 +152,34 @@ def last_trace_shapes() -> dict[str, Any]:
     return {"prefill_rows": _TRACES["last_prefill_rows"], "decode_rows": _TRACES["last_decode_rows"]}
 
 
+CDF_BLOCK = 128  # tokens per block of inverse_cdf's two-level search
+
+
+def inverse_cdf(weights: jax.Array, u: jax.Array, block: int = CDF_BLOCK) -> jax.Array:
+    """The token each row's ``u`` selects: the first index whose cumulative weight is positive and reaches
+    ``u`` times the row's total, so never a token of weight 0 (not even for u = 0).
+
+    weights: [N, V] non-negative (unnormalised probabilities); u: [N] uniform in [0, 1). Returns [N] int32.
+    Two levels, not a cumulative sum over all V: the block sums of ``block`` tokens and their cumulative
+    sum pick the block, then a cumulative sum inside that block picks the token. A full-vocabulary cumsum
+    was about 7% of a CPU decode step (XLA lowers it as reduce-windows); the block sums are one pass.
+    """
+    n, v = weights.shape
+    blocks = jnp.pad(weights, ((0, 0), (0, -v % block))).reshape(n, -1, block)  # [N, V / block, block]
+    ends = jnp.cumsum(jnp.sum(blocks, axis=-1), axis=-1)  # [N, V / block]: cumulative weight at block ends
+    target = u[:, None] * ends[:, -1:]
+    # the first block reaching the target with weight so far (ends never decrease: both conditions hold on a
+    # leading run of blocks, so counting them finds it); u < 1 keeps the target within the total
+    chosen = jnp.minimum(jnp.sum((ends < target) | (ends <= 0), axis=-1), ends.shape[1] - 1)
+    inside = jnp.take_along_axis(blocks, chosen[:, None, None], axis=1)[:, 0]  # [N, block]
+    before = jnp.where(chosen > 0, jnp.take_along_axis(ends, jnp.maximum(chosen - 1, 0)[:, None], axis=1)[:, 0], 0.0)
+    running = jnp.cumsum(inside, axis=-1)
+    local = jnp.sum((before[:, None] + running < target) | (running <= 0), axis=-1)
+    # float rounding may leave the block's own sum just short of the target: then its last token of weight > 0
+    last = block - 1 - jnp.argmax((inside > 0)[:, ::-1], axis=-1)
+    return (chosen * block + jnp.minimum(local, last)).astype(jnp.int32)
+
+
 def _choose(logits: jax.Array, key: jax.Array, config: SamplingConfig) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Sample one token per row from logits [N, V] (float32): (token, sampled logprob, policy logprob).
 
@@ -178,10 +206,7 @@ def _choose(logits: jax.Array, key: jax.Array, config: SamplingConfig) -> tuple[
         threshold = jnp.min(jnp.where(mass_before < config.top_p, ordered, jnp.inf), axis=-1, keepdims=True)
         kept, truncated = jnp.where(kept >= threshold, kept, -jnp.inf), True
     sampling = jax.nn.log_softmax(kept, axis=-1) if truncated else policy
-    cdf = jnp.cumsum(jnp.exp(sampling), axis=-1)
-    # scale u by the total so float rounding of the cdf can never select past the last kept token
-    u = jax.random.uniform(key, (logits.shape[0], 1), jnp.float32) * cdf[:, -1:]
-    token = jnp.minimum(jnp.sum(cdf < u, axis=-1), vocab - 1).astype(jnp.int32)
+    token = inverse_cdf(jnp.exp(sampling), jax.random.uniform(key, (logits.shape[0],), jnp.float32))
     pick = lambda lp: jnp.take_along_axis(lp, token[:, None], axis=-1)[:, 0]  # noqa: E731
     return token, pick(sampling), pick(policy)
 

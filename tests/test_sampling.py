@@ -16,6 +16,7 @@ from grpo_jax.sampling import (  # noqa: E402
     compile_count,
     generate,
     _generate_program,
+    inverse_cdf,
     last_trace_shapes,
     params_in_compute_dtype,
 )
@@ -210,6 +211,30 @@ def test_params_cast_once_give_the_same_completions_and_leave_the_loops_in_bf16(
     converted = params_in_compute_dtype(model.config, {"w": params["embedding"], "step": jnp.int32(3)})
     assert converted["w"].dtype == jnp.bfloat16 and converted["step"].dtype == jnp.int32
     np.testing.assert_array_equal(np.asarray(converted["w"]), np.asarray(params["embedding"].astype(jnp.bfloat16)))
+
+
+@pytest.mark.parametrize("vocab, block", [(300, 128), (300, 8), (64, 64), (5, 8)])
+def test_inverse_cdf_matches_a_float64_search(vocab, block):
+    rng = np.random.default_rng(vocab + block)
+    rows = 400
+    weights = rng.exponential(size=(rows, vocab)).astype(np.float32)
+    weights[rng.random((rows, vocab)) < 0.5] = 0.0  # truncated tokens (top-k / top-p), some whole blocks
+    weights[rows // 2:, : min(3 * block, vocab - 1)] = 0.0  # leading zero blocks
+    weights[np.arange(rows), rng.integers(0, vocab, rows)] = 1.0  # every row keeps a token
+    u = rng.random(rows).astype(np.float32)
+    u[:3] = [0.0, np.nextafter(np.float32(1), np.float32(0)), 1e-30]  # the ends of [0, 1)
+    token = np.asarray(jax.jit(inverse_cdf, static_argnums=2)(jnp.asarray(weights), jnp.asarray(u), block))
+    assert np.all(weights[np.arange(rows), token] > 0), "a token of weight 0 was chosen"
+    cdf = np.cumsum(weights.astype(np.float64), axis=1)
+    target = u.astype(np.float64) * cdf[:, -1]
+    expected = np.argmax((cdf >= target[:, None]) & (cdf > 0), axis=1)
+    # rows whose target lies within float32 rounding of a boundary may go either way
+    gap = np.minimum(np.abs(cdf[np.arange(rows), expected] - target),
+                     np.abs(np.where(expected > 0, cdf[np.arange(rows), expected - 1], -1.0) - target))
+    clear = gap > 1e-5 * cdf[:, -1]
+    assert clear.sum() > 0.95 * rows
+    np.testing.assert_array_equal(token[clear], expected[clear])
+    assert token[0] == np.flatnonzero(weights[0])[0]  # u = 0: the first token of weight > 0
 
 
 def test_bucket_size():
