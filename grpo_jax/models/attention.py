@@ -83,11 +83,11 @@ def attend(q: jax.Array, key: jax.Array, value: jax.Array, kv_mask: jax.Array, c
         stop = min(t, start + query_block)
         end = min(s, int(cache_index) + stop) if static else s
 
-        def block(q, key, value, kv_mask, first_slot, prefix, start=start, stop=stop, end=end):
+        def block(q, key, value, kv_mask, first_slot, start=start, stop=stop, end=end):  # no prefix: copied above
             return _attend_slots(q[:, start:stop], key[:, :, :end], value[:, :, :end], kv_mask[:, :end],
-                                 first_slot + start, prefix)
+                                 first_slot + start)
 
-        outputs.append(jax.checkpoint(block)(q, key, value, kv_mask, cache_index, prefix))
+        outputs.append(jax.checkpoint(block)(q, key, value, kv_mask, cache_index))
     return jnp.concatenate(outputs, axis=1)
 
 
