@@ -208,7 +208,7 @@ def estimate(config: ModelConfig, mesh: str, accumulation: int = 1, workload: Wo
     cache_axes = ("batch", "kv_heads", "length", "head_dim")
     kv = 2 * layers * cb * (per_device_elements(cache_axes, (w.prompts, k, w.prompt_len, dh), axes)
                             + per_device_elements(cache_axes, (w.rows, k, w.completion_len, dh), axes))
-    prefill_logits = per_device_elements(("batch", "length", "vocab"), (w.prompts, w.prompt_len, v), axes) * 4
+    prefill_logits = per_device_elements(("batch", "vocab"), (w.prompts, v), axes) * 4  # the last position only
     decode_logits = 4 * per_device_elements(("batch", "vocab"), (w.rows, v), axes) * 4  # logits, scaled, log-softmax, cdf
     sampler_temps = max(prefill_logits, decode_logits)
     # grpo.cast_params_once: the parameters converted to the compute dtype once per rollout, sharded like them

@@ -6,7 +6,7 @@ How it works:
      so a training run with varying prompts compiles at most len(prompt buckets) x len(batch buckets)
      times, and in practice a handful.
   2. Prefill runs once per *prompt* (B rows, not B * G) and writes the prompt's keys/values into a KV cache
-     of B rows. Its G completions (completion j of prompt i is row i * G + j, the layout of
+     of B rows; the LM head runs on each prompt's last position only. Its G completions (completion j of prompt i is row i * G + j, the layout of
      grpo_jax.losses) share that cache as a prefix they all attend (``Transformer(prefix=...)``), never
      copied to their rows; each row's own cache holds only its new tokens. So the KV cache holds
      B * P + B * G * max_new_tokens slots, not B * G * (P + max_new_tokens), and a decode step reads each
@@ -42,8 +42,9 @@ import numpy as np
 
 from grpo_jax import _validation as v
 from grpo_jax.distributed import global_rows
+from grpo_jax.matmul import dense
 from grpo_jax.models.model import positions_from_mask
-from grpo_jax.models.transformer import Transformer, init_cache
+from grpo_jax.models.transformer import Transformer, init_cache, unembedding_matrix
 from grpo_jax.sharding import logical_sharding
 
 
@@ -241,11 +242,15 @@ def _generate_program(model: Transformer, config: SamplingConfig, params, prompt
 
     # Prefill: once per prompt. Its keys and values stay one copy per prompt: the G completions (rows
     # i * G ... i * G + G - 1) attend them as a shared prefix, and their own cache holds only new tokens.
-    logits, prompt_cache = model.apply(
+    # Only the last prompt position's logits are needed: the LM head runs on [B, D], not [B, P, D] (no
+    # [B, P, V] float32 logits), the same matmul the model's own head does.
+    hidden, prompt_cache = model.apply(
         {"params": params}, prompt_ids, positions_from_mask(prompt_mask), prompt_mask,
-        cache=init_cache(model.config, b, p), cache_index=0,
+        cache=init_cache(model.config, b, p), cache_index=0, return_hidden=True,
     )
-    last_logits = rows(jnp.repeat(logits[:, -1], g, axis=0), ("batch", "vocab"))
+    head = unembedding_matrix(model.config, params).astype(model.config.dtype)
+    last_logits = dense(hidden[:, -1], head, preferred_element_type=jnp.float32)
+    last_logits = rows(jnp.repeat(last_logits, g, axis=0), ("batch", "vocab"))
     cache = jax.tree.map(lambda x: rows(x, cache_axes), init_cache(model.config, n, ends[0]))
     kv_mask = rows(jnp.zeros((n, ends[0]), jnp.int32), ("batch", "length"))
     first_position = jnp.repeat(jnp.sum(prompt_mask, axis=1), g)  # rotary position of the first new token
