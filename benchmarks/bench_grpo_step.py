@@ -101,17 +101,23 @@ def main() -> None:
     parser.add_argument("--markdown", help="append the table to this file")
     parser.add_argument("--gradient-accumulation-steps", type=int, default=1,
                         help="micro-batches per update, for grpo_jax and TRL (Tunix's worker has no such option)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="compute dtype in every framework; parameters and optimizer state stay float32 "
+                             "(bfloat16: TRL's bf16=True autocast, the JAX models' dtype)")
     args = parser.parse_args()
     if args.gradient_accumulation_steps > 1 and "tunix" in args.frameworks.split(","):
         raise SystemExit("--gradient-accumulation-steps: the Tunix worker cannot accumulate; leave tunix out of "
                          "--frameworks")
-    extra = ["--gradient-accumulation-steps", str(args.gradient_accumulation_steps)]
+    extra = ["--dtype", args.dtype]
+    if args.gradient_accumulation_steps > 1:
+        extra += ["--gradient-accumulation-steps", str(args.gradient_accumulation_steps)]
     frameworks = args.frameworks.split(",")
     if frameworks[0] != "grpo_jax":
         raise SystemExit("--frameworks must start with grpo_jax (the ratios are against it)")
     lines = [f"Machine: {os.cpu_count()}-core CPU. {workload.PROMPTS_PER_STEP} prompts x {workload.PROMPT_WORDS} "
              f"tokens, G = {workload.NUM_GENERATIONS}, {workload.MAX_NEW_TOKENS} new tokens, mu = 1, "
-             f"beta = {workload.BETA}, fp32; {args.rounds} alternating rounds of 1 warm-up + {args.steps} timed steps"
+             f"beta = {workload.BETA}, {args.dtype} compute; {args.rounds} alternating rounds of 1 warm-up + "
+             f"{args.steps} timed steps"
              f"; {args.gradient_accumulation_steps} micro-batch(es) per update.",
              "", "| model | framework | step s | generation s | reward s | ref logprobs s | update s | first step s "
              "| peak RSS MB | tokens / step | peer / grpo_jax (min / median / max) |",
@@ -124,8 +130,7 @@ def main() -> None:
             runs: dict[str, list[dict]] = {f: [] for f in frameworks}
             for r in range(args.rounds):
                 for f in frameworks:
-                    result = run_worker(f, checkpoint, size, args.steps, work, str(r),
-                                        extra if args.gradient_accumulation_steps > 1 else None)
+                    result = run_worker(f, checkpoint, size, args.steps, work, str(r), extra)
                     runs[f].append(result)
                     print(f"{size} round {r} {f}: median step {median_step(result):.2f} s, "
                           f"peak RSS {result['peak_rss_mb']:,.0f} MB", flush=True)

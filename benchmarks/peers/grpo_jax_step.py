@@ -33,6 +33,8 @@ def main() -> None:
     parser.add_argument("--prompts-per-step", type=int, default=workload.PROMPTS_PER_STEP)
     parser.add_argument("--gradient-accumulation-steps", type=int, default=1,
                         help="micro-batches per update (less memory for long completions)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="compute dtype; parameters and optimizer state stay float32 (mixed precision)")
     parser.add_argument("--profile", metavar="DIR",
                         help="write a jax.profiler trace of the last timed step to DIR (Perfetto JSON included; "
                              "summarise it with benchmarks/trace_summary.py)")
@@ -48,7 +50,7 @@ def main() -> None:
     vocab = workload.SIZES[args.size]["vocab_size"]
     config = TrainConfig(
         name="bench",
-        model=ModelSpec(path=args.checkpoint),
+        model=ModelSpec(path=args.checkpoint, dtype=args.dtype),
         data=DataConfig(task="arithmetic", num_examples=64, eval_examples=0, batch_size=args.prompts_per_step,
                         max_prompt_length=workload.PROMPT_WORDS),
         grpo=GRPOConfig(num_generations=args.num_generations, num_iterations=workload.NUM_ITERATIONS,
@@ -95,8 +97,9 @@ def main() -> None:
               "parameters": parameters, "steps": steps, "first_step_s": first, "setup_s": setup_s,
               "num_generations": args.num_generations, "max_new_tokens": args.max_new_tokens,
               "prompts_per_step": args.prompts_per_step,
-              "gradient_accumulation_steps": args.gradient_accumulation_steps,
-              "notes": f"jax {jax.__version__}, {jax.device_count()} {jax.devices()[0].platform} device(s), fp32"}
+              "gradient_accumulation_steps": args.gradient_accumulation_steps, "dtype": args.dtype,
+              "notes": f"jax {jax.__version__}, {jax.device_count()} {jax.devices()[0].platform} device(s), "
+                       f"{args.dtype} compute, float32 parameters"}
     workload.write_result(result, args.out)
 
 

@@ -40,6 +40,8 @@ def parse_args(argv=None):
     p.add_argument("--out", default=None, help="where to write the result JSON")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: os.cpu_count())")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="compute dtype: bfloat16 is TRL's bf16=True (autocast; float32 weights and optimizer)")
     p.add_argument("--gradient-accumulation-steps", type=int, default=1,
                    help="micro-batches per optimizer step (the 128 completions are still generated at once)")
     return p.parse_args(argv)
@@ -147,9 +149,10 @@ def main(argv=None) -> dict:
         max_grad_norm=workload.MAX_GRAD_NORM,
         lr_scheduler_type="constant",
         warmup_steps=0,
-        # fp32 on the CPU, no gradient checkpointing (GRPOConfig defaults to bf16 and checkpointing)
+        # fp32 on the CPU unless --dtype bfloat16 (mixed precision), no gradient checkpointing (GRPOConfig
+        # defaults to bf16 and checkpointing)
         use_cpu=True,
-        bf16=False,
+        bf16=args.dtype == "bfloat16",
         fp16=False,
         activation_checkpointing=False,  # transformers 5.24's name for gradient_checkpointing
         torch_compile=False,
@@ -268,6 +271,8 @@ def main(argv=None) -> dict:
         f"of it, mean over timed steps: loss forward {breakdown['_loss_forward']:.3f}s, "
         f"backward {breakdown['_backward']:.3f}s, optimizer step {breakdown['_optimizer']:.3f}s",
         f"imports took {import_s:.2f}s (not in setup_s)",
+        f"{args.dtype} compute" + (" (bf16=True: autocast, float32 weights and optimizer)"
+                                   if args.dtype == "bfloat16" else ""),
     ]
     result = {
         "framework": "trl",
@@ -276,6 +281,7 @@ def main(argv=None) -> dict:
         "steps": results[1:],
         "first_step_s": results[0]["step_s"],
         "setup_s": setup_s,
+        "dtype": args.dtype,
         "notes": "; ".join(notes),
     }
     workload.write_result(result, args.out)

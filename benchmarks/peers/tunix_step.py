@@ -41,8 +41,9 @@ def _versions() -> str:
     return ", ".join(out)
 
 
-def _model_config(checkpoint: str):
-    """Tunix's Qwen2 ModelConfig from the checkpoint's Hugging Face config.json (fp32)."""
+def _model_config(checkpoint: str, dtype: str = "float32"):
+    """Tunix's Qwen2 ModelConfig from the checkpoint's Hugging Face config.json: float32 parameters,
+    ``dtype`` compute."""
     import jax.numpy as jnp
     from tunix.models.qwen2 import model as qwen2_model
 
@@ -61,7 +62,7 @@ def _model_config(checkpoint: str):
         rope_theta=int(rope_theta),
         norm_eps=hf["rms_norm_eps"],
         use_tied_embedding=bool(hf.get("tie_word_embeddings", False)),
-        dtype=jnp.float32,
+        dtype=jnp.dtype(dtype),
         param_dtype=jnp.float32,
     )
 
@@ -156,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", required=True, choices=sorted(workload.SIZES))
     parser.add_argument("--steps", type=int, default=3, help="timed steps after the warm-up step")
     parser.add_argument("--out", default=None, help="where to write the result JSON")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="compute dtype (parameters and optimizer state stay float32)")
     args = parser.parse_args(argv)
     if args.steps < 1:
         parser.error("--steps must be at least 1")
@@ -177,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     mesh = jax.sharding.Mesh(np.array(devices).reshape(1, 1), ("fsdp", "tp"),
                              axis_types=(jax.sharding.AxisType.Auto,) * 2)
 
-    config = _model_config(args.checkpoint)
+    config = _model_config(args.checkpoint, args.dtype)
     shape = workload.SIZES[args.size]
     if config.vocab_size != shape["vocab_size"] or config.num_layers != shape["num_hidden_layers"]:
         raise SystemExit(f"checkpoint {args.checkpoint} does not match size {args.size!r}")
@@ -266,8 +269,10 @@ def main(argv: list[str] | None = None) -> int:
         "steps": steps,
         "first_step_s": step_times[0],
         "setup_s": setup_s,
+        "dtype": args.dtype,
         "notes": (
-            f"{_versions()}; Tunix Qwen2 model + safetensors loader (fp32), separate reference copy; "
+            f"{_versions()}; Tunix Qwen2 model + safetensors loader (fp32 parameters, {args.dtype} compute), "
+            "separate reference copy; "
             "GRPOLearner, vanilla rollout sharing the actor's weights (same mesh, no weight sync), "
             "1-device CPU mesh (fsdp=1, tp=1, Auto axes); setup_s includes importing jax/tunix; "
             "rollout seed = step index (Tunix's sampler otherwise reuses PRNGKey(0) every step); "

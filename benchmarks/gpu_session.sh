@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The GPU checks issue 8 still needs, as one prepared script for a lent GPU (docs/benchmarks.md, "On a GPU").
+#
+#     OUT=/tmp/gpu bash benchmarks/gpu_session.sh        # about 9 minutes on one H200
+#
+# Each part has its own time limit, so one that hangs or runs long cannot eat the others' time; what a part
+# printed and the JSON it wrote land in $OUT (decode_*.json, update_*.json, gpu_session.log). Parts, in order
+# of what they tell us:
+#   1. decode, Qwen2.5-0.5B shape, batch 256: bf16 weights, fp32 masters cast once per call (the trainer's
+#      default), fp32 converted every step; against the HBM roofline (issue 8 target: >= 50%).
+#   2. the same bf16 decode with XLA's command buffers (CUDA graphs) also capturing the decode while-loops:
+#      if the decode step is bound by kernel launches (24 layers x ~15 kernels per token), this is faster.
+#   3. decode, Qwen2.5-1.5B shape (the row still missing).
+#   4. the update of the 0.5B shape (MFU; issue 8 target >= 40%; 31% measured on 2026-11-28).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:?set OUT to a directory for the results}"
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+log="$OUT/gpu_session.log"
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv 2>&1 | tee -a "$log"
+python3 -c "import jax; print('jax', jax.__version__, jax.devices())" 2>&1 | tee -a "$log"
+
+part() {  # part SECONDS NAME [ENV=VALUE ...] -- ARGS...: one bench_gpu_roofline.py run under a time limit
+    local limit="$1" name="$2"
+    shift 2
+    local envs=()
+    while [ "$1" != "--" ]; do envs+=("$1"); shift; done
+    shift
+    echo "== $name ($(date -u +%T), limit ${limit}s) ${envs[*]}" | tee -a "$log"
+    env "${envs[@]}" timeout "$limit" python3 benchmarks/bench_gpu_roofline.py "$@" --json "$OUT/$name.json" \
+        2>&1 | tee -a "$log"
+    echo "== $name exit ${PIPESTATUS[0]}" | tee -a "$log"
+}
+
+part 170 decode_0p5b -- --sizes 0.5b --parts decode --decode-fp32 --repeats 3
+part 100 decode_0p5b_cuda_graph_loops XLA_FLAGS="--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL" -- \
+    --sizes 0.5b --parts decode --repeats 3
+part 150 decode_1p5b -- --sizes 1.5b --parts decode --repeats 3
+part 100 update_0p5b -- --sizes 0.5b --parts update --repeats 3
+echo "== done $(date -u +%T)" | tee -a "$log"
