@@ -156,6 +156,32 @@ def last_trace_shapes() -> dict[str, Any]:
 CDF_BLOCK = 128  # tokens per block of inverse_cdf's two-level search
 
 
+def _two_level_search(blocks: jax.Array, u: jax.Array, weight) -> tuple[jax.Array, jax.Array]:
+    """The two-level inverse-CDF search shared by ``inverse_cdf`` and ``sample_logits``.
+
+    blocks: [N, V / block, block] values that ``weight`` (elementwise, applied to [N, ..., block] arrays)
+    turns into non-negative weights; u: [N] in [0, 1). Returns (token [N] int32, total weight [N]).
+    """
+    block = blocks.shape[-1]
+    ends = jnp.cumsum(jnp.sum(weight(blocks), axis=-1), axis=-1)  # [N, V / block]: cumulative weight at block ends
+    target = u[:, None] * ends[:, -1:]
+    # the first block reaching the target with weight so far (ends never decrease: both conditions hold on a
+    # leading run of blocks, so counting them finds it); u < 1 keeps the target within the total
+    chosen = jnp.minimum(jnp.sum((ends < target) | (ends <= 0), axis=-1), ends.shape[1] - 1)
+    inside = weight(jnp.take_along_axis(blocks, chosen[:, None, None], axis=1)[:, 0])  # [N, block]
+    before = jnp.where(chosen > 0, jnp.take_along_axis(ends, jnp.maximum(chosen - 1, 0)[:, None], axis=1)[:, 0], 0.0)
+    running = jnp.cumsum(inside, axis=-1)
+    local = jnp.sum((before[:, None] + running < target) | (running <= 0), axis=-1)
+    # float rounding may leave the block's own sum just short of the target: then its last token of weight > 0
+    last = block - 1 - jnp.argmax((inside > 0)[:, ::-1], axis=-1)
+    return (chosen * block + jnp.minimum(local, last)).astype(jnp.int32), ends[:, -1]
+
+
+def _in_blocks(x: jax.Array, block: int, fill: float) -> jax.Array:
+    """[N, V] -> [N, ceil(V / block), block], the tail padded with ``fill``."""
+    return jnp.pad(x, ((0, 0), (0, -x.shape[1] % block)), constant_values=fill).reshape(x.shape[0], -1, block)
+
+
 def inverse_cdf(weights: jax.Array, u: jax.Array, block: int = CDF_BLOCK) -> jax.Array:
     """The token each row's ``u`` selects: the first index whose cumulative weight is positive and reaches
     ``u`` times the row's total, so never a token of weight 0 (not even for u = 0).
@@ -165,34 +191,37 @@ def inverse_cdf(weights: jax.Array, u: jax.Array, block: int = CDF_BLOCK) -> jax
     sum pick the block, then a cumulative sum inside that block picks the token. A full-vocabulary cumsum
     was 5% of a CPU decode loop's op time (XLA lowers it as reduce-windows); the block sums are one pass.
     """
-    n, v = weights.shape
-    blocks = jnp.pad(weights, ((0, 0), (0, -v % block))).reshape(n, -1, block)  # [N, V / block, block]
-    ends = jnp.cumsum(jnp.sum(blocks, axis=-1), axis=-1)  # [N, V / block]: cumulative weight at block ends
-    target = u[:, None] * ends[:, -1:]
-    # the first block reaching the target with weight so far (ends never decrease: both conditions hold on a
-    # leading run of blocks, so counting them finds it); u < 1 keeps the target within the total
-    chosen = jnp.minimum(jnp.sum((ends < target) | (ends <= 0), axis=-1), ends.shape[1] - 1)
-    inside = jnp.take_along_axis(blocks, chosen[:, None, None], axis=1)[:, 0]  # [N, block]
-    before = jnp.where(chosen > 0, jnp.take_along_axis(ends, jnp.maximum(chosen - 1, 0)[:, None], axis=1)[:, 0], 0.0)
-    running = jnp.cumsum(inside, axis=-1)
-    local = jnp.sum((before[:, None] + running < target) | (running <= 0), axis=-1)
-    # float rounding may leave the block's own sum just short of the target: then its last token of weight > 0
-    last = block - 1 - jnp.argmax((inside > 0)[:, ::-1], axis=-1)
-    return (chosen * block + jnp.minimum(local, last)).astype(jnp.int32)
+    return _two_level_search(_in_blocks(weights, block, 0.0), u, lambda w: w)[0]
+
+
+def sample_logits(logits: jax.Array, u: jax.Array, block: int = CDF_BLOCK) -> tuple[jax.Array, jax.Array]:
+    """``inverse_cdf`` of softmax(logits), without forming the probabilities: (token [N] int32, logsumexp [N]).
+
+    logits: [N, V] float32, -inf on excluded tokens (at least one finite per row); u: [N] in [0, 1). The
+    weights are exp(logits - row max), computed inside the block sums and again for the chosen block only,
+    so the [N, V] arrays are read twice (the max, the block sums) and none is written. The log-probability
+    of the token is ``logits[token] - logsumexp``. Forming log_softmax and its exp first wrote two [N, V]
+    float32 arrays per decode step and read them back: at Qwen's V = 151,936 and 256 rows, 156 MB each.
+    """
+    peak = jnp.max(logits, axis=-1)
+    weight = lambda x: jnp.exp(x - peak.reshape(peak.shape + (1,) * (x.ndim - 1)))  # noqa: E731
+    token, total = _two_level_search(_in_blocks(logits, block, -jnp.inf), u, weight)
+    return token, peak + jnp.log(total)
 
 
 def _choose(logits: jax.Array, key: jax.Array, config: SamplingConfig) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Sample one token per row from logits [N, V] (float32): (token, sampled logprob, policy logprob).
 
-    Sampling is by inverse CDF: one uniform number per row against the cumulative probabilities. It draws
-    from exactly the same distribution as Gumbel-max (``jax.random.categorical``) but needs N random
-    numbers instead of N * V, which on a CPU was a third of a decode step.
+    Sampling is by inverse CDF (``sample_logits``): one uniform number per row against the cumulative
+    probabilities. It draws from exactly the same distribution as Gumbel-max (``jax.random.categorical``)
+    but needs N random numbers instead of N * V, which on a CPU was a third of a decode step. No [N, V]
+    log-probabilities are formed: each log-probability is the token's logit minus a logsumexp.
     """
     scaled = logits / config.temperature
-    policy = jax.nn.log_softmax(scaled, axis=-1)
+    at = lambda x, token: jnp.take_along_axis(x, token[:, None], axis=-1)[:, 0]  # noqa: E731
     if config.greedy:
         token = jnp.argmax(logits, axis=-1)
-        lp = jnp.take_along_axis(policy, token[:, None], axis=-1)[:, 0]
+        lp = at(scaled, token) - jax.nn.logsumexp(scaled, axis=-1)
         return token, lp, lp
     kept, truncated = scaled, False
     vocab = logits.shape[-1]
@@ -206,10 +235,9 @@ def _choose(logits: jax.Array, key: jax.Array, config: SamplingConfig) -> tuple[
         # the smallest logit still needed to reach top_p (the first token is always kept)
         threshold = jnp.min(jnp.where(mass_before < config.top_p, ordered, jnp.inf), axis=-1, keepdims=True)
         kept, truncated = jnp.where(kept >= threshold, kept, -jnp.inf), True
-    sampling = jax.nn.log_softmax(kept, axis=-1) if truncated else policy
-    token = inverse_cdf(jnp.exp(sampling), jax.random.uniform(key, (logits.shape[0],), jnp.float32))
-    pick = lambda lp: jnp.take_along_axis(lp, token[:, None], axis=-1)[:, 0]  # noqa: E731
-    return token, pick(sampling), pick(policy)
+    token, kept_lse = sample_logits(kept, jax.random.uniform(key, (logits.shape[0],), jnp.float32))
+    lp = at(kept, token) - kept_lse
+    return token, lp, (at(scaled, token) - jax.nn.logsumexp(scaled, axis=-1)) if truncated else lp
 
 
 def params_in_compute_dtype(model_config, params):

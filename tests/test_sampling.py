@@ -19,6 +19,7 @@ from grpo_jax.sampling import (  # noqa: E402
     inverse_cdf,
     last_trace_shapes,
     params_in_compute_dtype,
+    sample_logits,
 )
 from grpo_jax.sharding import make_mesh  # noqa: E402
 from hf_checkpoints import make_checkpoint  # noqa: E402
@@ -213,8 +214,11 @@ def test_params_cast_once_give_the_same_completions_and_leave_the_loops_in_bf16(
     np.testing.assert_array_equal(np.asarray(converted["w"]), np.asarray(params["embedding"].astype(jnp.bfloat16)))
 
 
+@pytest.mark.parametrize("form", ["weights", "logits"])
 @pytest.mark.parametrize("vocab, block", [(300, 128), (300, 8), (64, 64), (5, 8)])
-def test_inverse_cdf_matches_a_float64_search(vocab, block):
+def test_inverse_cdf_matches_a_float64_search(vocab, block, form):
+    """``inverse_cdf`` on weights, and ``sample_logits`` on their logs (-inf for weight 0, shifted by a
+    per-row offset that softmax ignores), against a float64 search; ``sample_logits``' logsumexp too."""
     rng = np.random.default_rng(vocab + block)
     rows = 400
     weights = rng.exponential(size=(rows, vocab)).astype(np.float32)
@@ -223,7 +227,16 @@ def test_inverse_cdf_matches_a_float64_search(vocab, block):
     weights[np.arange(rows), rng.integers(0, vocab, rows)] = 1.0  # every row keeps a token
     u = rng.random(rows).astype(np.float32)
     u[:3] = [0.0, np.nextafter(np.float32(1), np.float32(0)), 1e-30]  # the ends of [0, 1)
-    token = np.asarray(jax.jit(inverse_cdf, static_argnums=2)(jnp.asarray(weights), jnp.asarray(u), block))
+    if form == "weights":
+        token = np.asarray(jax.jit(inverse_cdf, static_argnums=2)(jnp.asarray(weights), jnp.asarray(u), block))
+    else:
+        offset = rng.normal(scale=20.0, size=(rows, 1))
+        with np.errstate(divide="ignore"):
+            logits = (np.log(weights.astype(np.float64)) + offset).astype(np.float32)
+        token, lse = (np.asarray(x) for x in jax.jit(sample_logits, static_argnums=2)(
+            jnp.asarray(logits), jnp.asarray(u), block))
+        np.testing.assert_allclose(lse, np.log(weights.astype(np.float64).sum(axis=1)) + offset[:, 0],
+                                   rtol=1e-6, atol=1e-5)  # float32 logits of size ~60: rounding ~4e-6
     assert np.all(weights[np.arange(rows), token] > 0), "a token of weight 0 was chosen"
     cdf = np.cumsum(weights.astype(np.float64), axis=1)
     target = u.astype(np.float64) * cdf[:, -1]
