@@ -82,6 +82,7 @@ class Workload:
     moment_bytes: int = 8  # AdamW's mu and nu, in the parameters' dtype (optax's default)
     compute_bytes: int = 2  # bfloat16 activations and KV cache (model.dtype)
     cast_params_once: bool = True  # grpo.cast_params_once: the sampler holds the parameters in model.dtype
+    gather_params_once: bool = True  # grpo.gather_params_once: with FSDP the sampler gathers them whole once
     logprob_chunk: int = 128  # token_logprobs_from_hidden's time chunk
 
     @property
@@ -211,8 +212,15 @@ def estimate(config: ModelConfig, mesh: str, accumulation: int = 1, workload: Wo
     prefill_logits = per_device_elements(("batch", "vocab"), (w.prompts, v), axes) * 4  # the last position only
     decode_logits = 4 * per_device_elements(("batch", "vocab"), (w.rows, v), axes) * 4  # logits, scaled, log-softmax, cdf
     sampler_temps = max(prefill_logits, decode_logits)
-    # grpo.cast_params_once: the parameters converted to the compute dtype once per rollout, sharded like them
-    sampling_params = n_params * cb if w.cast_params_once and cb != w.param_bytes else 0.0
+    # grpo.cast_params_once: the parameters converted to the compute dtype once per rollout, sharded like them;
+    # grpo.gather_params_once: on an FSDP mesh that copy (or the masters, uncast) is gathered whole once per
+    # rollout, split only by the other axes
+    no_fsdp = {a: n for a, n in axes.items() if a != "fsdp"}
+    copy_bytes = cb if w.cast_params_once else w.param_bytes
+    if w.gather_params_once and axes.get("fsdp", 1) > 1:
+        sampling_params = layout.elements_per_device(no_fsdp)[0] * copy_bytes
+    else:
+        sampling_params = n_params * cb if w.cast_params_once and cb != w.param_bytes else 0.0
 
     # Update, with remat: each layer keeps its bf16 input; one layer is recomputed at a time.
     micro = w.rows // w.num_minibatches // accumulation
@@ -226,7 +234,6 @@ def estimate(config: ModelConfig, mesh: str, accumulation: int = 1, workload: Wo
 
     # bf16 copies made for the matmuls: without FSDP the cast of a layer; with FSDP the all-gathered layer
     # (two in flight: XLA prefetches the next) and the unembedding for the log-probs.
-    no_fsdp = {a: n for a, n in axes.items() if a != "fsdp"}
     _, gathered_layer = layout.elements_per_device(no_fsdp)
     unembedding = per_device_elements(("embed", "vocab"), (d, v), no_fsdp)
     weight_copies = (2 * gathered_layer + unembedding) * cb
@@ -354,7 +361,10 @@ LEVERS = (
     ("`grpo.beta=0`: no reference model", {"beta": 0.0}),
     ("`grpo.num_generations=8` (G 8: 128 sequences)", {"group": 8}),
     ("`grpo.max_completion_length=512`", {"completion_len": 512}),
-    ("`grpo.cast_params_once=false`: no bf16 copy of the parameters while sampling", {"cast_params_once": False}),
+    ("`grpo.cast_params_once=false`: the sampler gathers and reads the fp32 masters, no bf16 copy",
+     {"cast_params_once": False}),
+    ("`grpo.gather_params_once=false`: the sampler's weights stay FSDP-sharded, gathered layer by layer in every "
+     "decode step", {"gather_params_once": False}),
     ("`model.param_dtype=bfloat16`: bf16 params, grads, moments, reference (lossy, see below)",
      {"param_bytes": 2, "moment_bytes": 4, "reference_bytes": 2}),
 )

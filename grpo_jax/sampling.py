@@ -43,7 +43,7 @@ import numpy as np
 from grpo_jax import _validation as v
 from grpo_jax.distributed import global_rows
 from grpo_jax.matmul import dense
-from grpo_jax.models.model import positions_from_mask
+from grpo_jax.models.model import param_shardings, positions_from_mask
 from grpo_jax.models.transformer import Transformer, init_cache, unembedding_matrix
 from grpo_jax.sharding import logical_sharding
 
@@ -70,8 +70,13 @@ class SamplingConfig:
       prefill, instead of inside every decode step. The model converts every parameter to its compute
       dtype before using it, so the tokens and log-probs are the same; with float32 parameters and
       bfloat16 compute a decode step then reads half the weight bytes (on an FSDP mesh it also
-      all-gathers half). The cost is one compute-dtype copy of the parameters, sharded like them, while
-      sampling. Nothing changes when the two dtypes are the same.
+      all-gathers half). The cost is one compute-dtype copy of the parameters while sampling (sharded
+      like them, or whole: ``gather_params_once``). Nothing changes when the two dtypes are the same.
+    gather_params_once: on a mesh with an ``fsdp`` axis, all-gather the (compute-dtype) parameters once per
+      call, before the prefill, so the decode steps need no weight communication; every device then holds
+      a whole copy (split only by ``tensor``) while sampling. False keeps them FSDP-sharded: each decode
+      step all-gathers every layer's weights as it uses them, for models whose whole copy does not fit.
+      Either way the gathers move compute-dtype weights. Without an fsdp axis nothing changes.
     """
 
     num_generations: int = 8
@@ -86,6 +91,7 @@ class SamplingConfig:
     batch_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
     decode_phase_tokens: int = 256
     cast_params_once: bool = True
+    gather_params_once: bool = True
 
     def __post_init__(self) -> None:
         fn = "SamplingConfig"
@@ -98,8 +104,9 @@ class SamplingConfig:
         v.as_int(fn, "top_k", self.top_k, minimum=0)
         v.as_int(fn, "pad_token_id", self.pad_token_id, minimum=0)
         v.as_int(fn, "decode_phase_tokens", self.decode_phase_tokens, minimum=1)
-        if not isinstance(self.cast_params_once, (bool, np.bool_)):
-            raise TypeError(f"{fn}: `cast_params_once` must be True or False, got {self.cast_params_once!r}")
+        for name in ("cast_params_once", "gather_params_once"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise TypeError(f"{fn}: `{name}` must be True or False, got {getattr(self, name)!r}")
         v.require_positive(fn, "temperature", self.temperature)
         if not 0.0 < float(self.top_p) <= 1.0:
             raise ValueError(f"{fn}: `top_p` must be in (0, 1], got {self.top_p!r}")
@@ -248,6 +255,18 @@ def params_in_compute_dtype(model_config, params):
     return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
 
 
+def sampling_param_shardings(model: Transformer, gather: bool) -> dict:
+    """Where the sampler keeps the parameters on the model's mesh: as the model lays them out (FSDP-sharded),
+    or, with ``gather``, with the ``fsdp`` mesh axis dropped from every rule (whole on each device, split
+    only by the other axes, e.g. ``tensor``). A pytree of NamedSharding like the parameters."""
+    rules = model.mesh_rules
+    table = rules.rules
+    if gather:
+        as_tuple = lambda axes: (axes,) if isinstance(axes, str) else tuple(axes or ())  # noqa: E731
+        table = tuple((name, tuple(a for a in as_tuple(axes) if a != "fsdp")) for name, axes in table)
+    return param_shardings(model, rules.mesh, table)
+
+
 def _generate_program(model: Transformer, config: SamplingConfig, params, prompt_ids, prompt_mask, key):
     """The jitted sampler for one (batch bucket, prompt bucket). Shapes: prompt_* [Bb, Pb]."""
     _TRACES["count"] += 1
@@ -258,6 +277,13 @@ def _generate_program(model: Transformer, config: SamplingConfig, params, prompt
     rules = model.mesh_rules
     if config.cast_params_once:  # once here, not inside every decode step of the loops below
         params = params_in_compute_dtype(model.config, params)
+    # Pin the parameters' layout. Left to itself, XLA all-gathered the float32 masters whole before the loops
+    # (seen on the 8-device CPU mesh): a 4-byte copy of every parameter on every device. Converted where
+    # they lie first, then gathered: the gathers move compute-dtype bytes.
+    layout = None if rules is None else sampling_param_shardings(model, config.gather_params_once)
+    if layout is not None:
+        params = jax.lax.with_sharding_constraint(params, sampling_param_shardings(model, False))
+        params = jax.lax.with_sharding_constraint(params, layout)
 
     def rows(x, axes):  # shard rows of per-completion state over the batch axes of the mesh
         return x if rules is None else jax.lax.with_sharding_constraint(
@@ -299,8 +325,14 @@ def _generate_program(model: Transformer, config: SamplingConfig, params, prompt
         policy_lp = policy_lp.at[:, t].set(jnp.where(live, plp, 0.0))
         done = done | jnp.isin(token, jnp.asarray(config.eos_token_ids, jnp.int32))
         kv_mask = kv_mask.at[:, t].set(live.astype(kv_mask.dtype))
+        weights = params
+        if layout is not None and not config.gather_params_once:
+            # sharded weights gathered as each layer uses them, every step: the barrier ties them to the step
+            # counter, so XLA cannot hoist the gathers out of the loop (it did, on the 8-device CPU mesh)
+            weights, _ = jax.lax.optimization_barrier((params, t))
+            weights = jax.lax.with_sharding_constraint(weights, layout)
         logits, cache = model.apply(
-            {"params": params}, token[:, None], (first_position + t)[:, None], kv_mask, cache=cache,
+            {"params": weights}, token[:, None], (first_position + t)[:, None], kv_mask, cache=cache,
             cache_index=t, prefix=prompt_cache, prefix_mask=prompt_mask,
         )
         return t + 1, logits[:, 0], tokens, out_mask, logprobs, policy_lp, done, cache, kv_mask, key

@@ -88,9 +88,19 @@ def test_estimate_terms(table, name):
     no_reference = table.estimate(config, "fsdp:8", 2, table.dataclasses.replace(w, beta=0.0), layout)
     assert no_reference.reference == 0
     assert sharded.peak == max(sharded.sampling_peak, sharded.update_peak)
-    # the sampler's bf16 copy of the parameters: half the fp32 parameters, sharded alike; none without it
-    assert replicated.sampling_params == 2 * n and sharded.sampling_params == sharded.params / 2
-    uncast = table.estimate(config, "fsdp:8", 2, table.dataclasses.replace(w, cast_params_once=False), layout)
-    assert uncast.sampling_params == 0 and sharded.sampling_peak - uncast.sampling_peak == sharded.sampling_params
-    bf16_params = table.dataclasses.replace(w, param_bytes=2, moment_bytes=4, reference_bytes=2)
+    # the sampler's bf16 copy of the parameters, gathered whole once per rollout on an FSDP mesh (the
+    # default): 2 bytes per parameter on every device, as without FSDP
+    assert replicated.sampling_params == 2 * n and sharded.sampling_params == 2 * n
+    # gathered layer by layer instead: the copy stays sharded like the parameters; none without the cast
+    kept = table.dataclasses.replace(w, gather_params_once=False)
+    per_step = table.estimate(config, "fsdp:8", 2, kept, layout)
+    assert per_step.sampling_params == per_step.params / 2
+    uncast = table.estimate(config, "fsdp:8", 2, table.dataclasses.replace(kept, cast_params_once=False), layout)
+    assert uncast.sampling_params == 0 and per_step.sampling_peak - uncast.sampling_peak == per_step.sampling_params
+    # not cast but gathered once: the fp32 masters, whole
+    assert table.estimate(config, "fsdp:8", 2, table.dataclasses.replace(w, cast_params_once=False),
+                          layout).sampling_params == 4 * n
+    # split by tensor only
+    assert table.estimate(config, "fsdp:4,tensor:2", 2, w, layout).sampling_params < 1.001 * 2 * n / 2
+    bf16_params = table.dataclasses.replace(kept, param_bytes=2, moment_bytes=4, reference_bytes=2)
     assert table.estimate(config, "fsdp:8", 2, bf16_params, layout).sampling_params == 0  # nothing to convert

@@ -1,5 +1,7 @@
 """grpo_jax.sampling: exactness against full forwards and transformers, determinism, sharding, compiles."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -15,13 +17,15 @@ from grpo_jax.sampling import (  # noqa: E402
     bucket_size,
     compile_count,
     generate,
+    _generate_jit,
     _generate_program,
     inverse_cdf,
     last_trace_shapes,
     params_in_compute_dtype,
     sample_logits,
 )
-from grpo_jax.sharding import make_mesh  # noqa: E402
+from grpo_jax.distributed import global_rows  # noqa: E402
+from grpo_jax.sharding import logical_sharding, make_mesh  # noqa: E402
 from hf_checkpoints import make_checkpoint  # noqa: E402
 
 VOCAB = 96
@@ -140,17 +144,44 @@ def test_top_k_one_equals_greedy_and_keys_are_deterministic(loaded):
     assert not np.array_equal(np.asarray(a.tokens), np.asarray(c.tokens))
 
 
-@pytest.mark.parametrize("axes", [{"data": 8}, {"fsdp": 4, "tensor": 2}])
-def test_mesh_gives_the_same_output_as_one_device(checkpoint, loaded, axes):
+def _all_gathers_in_loops(hlo_text: str) -> int:
+    """All-gathers of the model's tensors in the bodies of the compiled program's while loops (the decode
+    steps); gathers of the sampling's vocabulary-sharded sums are not counted."""
+    bodies = set(re.findall(r"body=%?([\w.\-]+)", hlo_text))
+    count, current = 0, None
+    for line in hlo_text.splitlines():
+        head = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{\s*$", line)
+        if head:
+            current = head.group(1)
+        elif current in bodies and re.search(r"\sall-gather(-start)?\(", line) and "body/Transformer/" in line:
+            count += 1
+    return count
+
+
+@pytest.mark.parametrize("axes, gather", [({"data": 8}, True), ({"fsdp": 4, "tensor": 2}, True),
+                                          ({"fsdp": 4, "tensor": 2}, False)])
+def test_mesh_gives_the_same_output_as_one_device(checkpoint, loaded, axes, gather):
+    """Also: the weights are gathered once per call (no all-gather inside the decode loops) or, with
+    gather_params_once=False, inside every decode step; the tokens are the same."""
     model, params = loaded
     sharded_model, sharded_params = load_pretrained(checkpoint[0], mesh=make_mesh(axes))
     ids, mask = _prompts(5, lengths=(3, 7, 5, 1, 6, 2, 4, 7), width=7)
     config = SamplingConfig(num_generations=2, max_new_tokens=6, temperature=0.9, eos_token_ids=(5,),
-                            decode_phase_tokens=4)  # the cache grows once, resharded as it grows
+                            decode_phase_tokens=4,  # the cache grows once, resharded as it grows
+                            gather_params_once=gather)
     single = generate(model, params, ids, mask, jax.random.key(9), config)
     sharded = generate(sharded_model, sharded_params, ids, mask, jax.random.key(9), config)
     np.testing.assert_array_equal(np.asarray(sharded.tokens), np.asarray(single.tokens))
     np.testing.assert_allclose(np.asarray(sharded.logprobs), np.asarray(single.logprobs), atol=1e-5)
+    if "fsdp" in axes:
+        rules = sharded_model.mesh_rules
+        shape = (bucket_size(ids.shape[0], config.batch_buckets), bucket_size(ids.shape[1], config.prompt_length_buckets))
+        padded = [global_rows(np.ones(shape, np.int32), logical_sharding(("batch", "length"), shape, rules.mesh,
+                                                                         rules.rules)) for _ in range(2)]
+        hlo = _generate_jit.lower(sharded_model, config, sharded_params, *padded, jax.random.key(9)).compile()
+        gathers = _all_gathers_in_loops(hlo.as_text())
+        # gathered per step: at least each layer's seven weight matrices
+        assert (gathers == 0) if gather else (gathers >= 7 * sharded_model.config.num_hidden_layers), gathers
 
 
 def test_prefill_sees_b_rows_and_compiles_are_bounded_by_buckets(loaded):
@@ -272,6 +303,8 @@ def test_bad_prompts_and_configs(loaded):
         SamplingConfig(decode_phase_tokens=0)
     with pytest.raises(TypeError, match=r"`cast_params_once` must be True or False"):
         SamplingConfig(cast_params_once="yes")
+    with pytest.raises(TypeError, match=r"`gather_params_once` must be True or False"):
+        SamplingConfig(gather_params_once=1)
     with pytest.raises(ValueError, match=r"`prompt_length_buckets` must be strictly ascending"):
         SamplingConfig(prompt_length_buckets=(64, 32))
     with pytest.raises(TypeError, match=r"`config` must be a SamplingConfig"):

@@ -227,9 +227,12 @@ class GRPOConfig:
       a completion and the completion's end counts as a last step rewarded with the total outcome reward;
       token advantages come from grpo_jax.losses.process_advantages. None = outcome supervision.
     max_completion_length, temperature, top_p, top_k: sampling.
-    decode_phase_tokens, cast_params_once: how the sampler runs (grpo_jax.sampling.SamplingConfig): the KV
-      cache grows by this many slots at a time; the parameters are converted to the compute dtype once per
-      rollout rather than in every decode step (false saves that copy's memory, 2 bytes per parameter).
+    decode_phase_tokens, cast_params_once, gather_params_once: how the sampler runs
+      (grpo_jax.sampling.SamplingConfig): the KV cache grows by this many slots at a time; the parameters are
+      converted to the compute dtype once per rollout rather than in every decode step (false saves that
+      copy's memory, 2 bytes per parameter); on an FSDP mesh they are all-gathered once per rollout, whole
+      on every device (false: gathered layer by layer in every decode step, for models whose copy does not
+      fit).
     stop_strings_as_eos: not supported; extra stop token ids go in ``extra_eos_token_ids``.
     """
 
@@ -259,6 +262,7 @@ class GRPOConfig:
     top_k: int = 0
     decode_phase_tokens: int = 256
     cast_params_once: bool = True
+    gather_params_once: bool = True
     extra_eos_token_ids: tuple[int, ...] = ()
     code_timeout_s: float = 1.0
 

@@ -113,7 +113,8 @@ def sampling_config(g: GRPOConfig, max_prompt_length: int, eos_token_ids: Sequen
     return SamplingConfig(num_generations=g.num_generations, max_new_tokens=g.max_completion_length,
                           temperature=g.temperature, top_p=g.top_p, top_k=g.top_k, eos_token_ids=tuple(eos_token_ids),
                           pad_token_id=pad_token_id, prompt_length_buckets=buckets,
-                          decode_phase_tokens=g.decode_phase_tokens, cast_params_once=g.cast_params_once)
+                          decode_phase_tokens=g.decode_phase_tokens, cast_params_once=g.cast_params_once,
+                          gather_params_once=g.gather_params_once)
 
 
 def build_context(config: TrainConfig, output_dir: str | None = None) -> RunContext:
