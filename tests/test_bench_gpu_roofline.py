@@ -55,29 +55,26 @@ def test_decode_bytes_read_every_parameter_once_and_the_valid_cache(bench):
 
 
 def test_smoke_run_on_cpu_writes_its_report(bench, tmp_path, capsys):
+    """One run of the whole code path on the tiny shape: the update and the three decode variants (bf16
+    weights, fp32 masters cast once, fp32 converted in every step), whose byte counts must differ only by
+    the weights each step reads."""
     out = tmp_path / "roofline.json"
-    assert bench.main(["--sizes", "tiny", "--allow-cpu", "--repeats", "1", "--json", str(out)]) == 0
+    assert bench.main(["--sizes", "tiny", "--allow-cpu", "--repeats", "1", "--decode-fp32", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
-    (update,), (decode,) = report["update"], report["decode"]
+    (update,), (bf16, cast_once, every_step) = report["update"], report["decode"]
     assert np.isfinite(update["loss"]) and update["step_s"] > 0
     assert update["model_flops"] == 3 * bench.forward_flops(bench.model_config("tiny"), 8, 16, 8)
-    assert decode["rows"] == 8 and decode["total_s"] > 0
+    assert bf16["rows"] == 8 and bf16["total_s"] > 0
     assert "| Qwen2.5-tiny shape" in capsys.readouterr().out
-
-
-def test_decode_variants_count_the_weights_each_step_reads(bench, tmp_path):
-    out = tmp_path / "decode.json"
-    assert bench.main(["--sizes", "tiny", "--allow-cpu", "--repeats", "1", "--parts", "decode", "--decode-fp32",
-                       "--json", str(out)]) == 0
-    report = json.loads(out.read_text())
-    assert report["update"] == []
-    bf16, cast_once, every_step = report["decode"]
     assert (cast_once["param_dtype"], cast_once["cast_params_once"]) == ("float32", True)
     assert (every_step["param_dtype"], every_step["cast_params_once"]) == ("float32", False)
     # the bf16 copy is read like bf16 weights; converting in every step reads the fp32 masters
     assert cast_once["least_bytes_per_step"] == bf16["least_bytes_per_step"]
     n = bench.parameter_count(bench.model_config("tiny"))
     assert every_step["least_bytes_per_step"] - bf16["least_bytes_per_step"] == 2 * n
+
+
+def test_unknown_parts_are_refused(bench):
     with pytest.raises(SystemExit):
         bench.main(["--sizes", "tiny", "--allow-cpu", "--parts", "prefill"])
 
