@@ -280,10 +280,11 @@ def _generate_program(model: Transformer, config: SamplingConfig, params, prompt
     # Pin the parameters' layout. Left to itself, XLA all-gathered the float32 masters whole before the loops
     # (seen on the 8-device CPU mesh): a 4-byte copy of every parameter on every device. Converted where
     # they lie first, then gathered: the gathers move compute-dtype bytes.
-    layout = None if rules is None else sampling_param_shardings(model, config.gather_params_once)
-    if layout is not None:
-        params = jax.lax.with_sharding_constraint(params, sampling_param_shardings(model, False))
-        params = jax.lax.with_sharding_constraint(params, layout)
+    layout = None
+    if rules is not None:
+        sharded = sampling_param_shardings(model, False)
+        layout = sampling_param_shardings(model, True) if config.gather_params_once else sharded
+        params = jax.lax.with_sharding_constraint(jax.lax.with_sharding_constraint(params, sharded), layout)
 
     def rows(x, axes):  # shard rows of per-completion state over the batch axes of the mesh
         return x if rules is None else jax.lax.with_sharding_constraint(
