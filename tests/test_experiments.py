@@ -2,7 +2,9 @@
 
 The real recipes need real weights and accelerators; here only the model (a 2-layer Qwen2 with a byte-level
 BPE tokenizer and a chat template), the data files and the sizes (G, prompts per step, lengths) are
-swapped for tiny ones. The algorithm settings are the recipe's own.
+swapped for tiny ones. The algorithm settings are the recipe's own. The HumanEval recipe trains on a few
+short problems in HumanEval's format (the package's own 164, up to ~1,500 tokens each with this tokenizer,
+made the run a minute and a half; loading them is tested in test_data_files.py).
 """
 
 import json
@@ -23,6 +25,14 @@ GSM8K = [("Tom has 3 apples and buys 4 more. How many apples does he have?", "3 
          ("Sara reads 5 pages a day for 6 days. How many pages?", "5 * 6 = 30\n#### 30")] * 3
 MATH = [("Compute $\\frac{1}{2} + \\frac{1}{4}$.", "It is $\\boxed{\\frac{3}{4}}$."),
         ("What is $3^2$?", "$3^2 = \\boxed{9}$."), ("Solve $x + 1 = 3$.", "$x = \\boxed{2}$.")] * 4
+HUMANEVAL = [(name, f"def {name}({args}):\n    \"\"\"{doc}\"\"\"\n", f"def check(candidate):\n    assert {check}\n")
+             for name, args, doc, check in [
+                 ("add", "a, b", "Return a + b.", "candidate(2, 3) == 5"),
+                 ("is_even", "n", "True if n is even.", "candidate(4) and not candidate(3)"),
+                 ("reverse", "s", "Return s reversed.", "candidate('ab') == 'ba'"),
+                 ("largest", "xs", "The largest item of xs.", "candidate([1, 5, 2]) == 5"),
+                 ("vowels", "s", "How many vowels s has.", "candidate('banana') == 3"),
+                 ("square", "x", "Return x squared.", "candidate(3) == 9")]]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +52,10 @@ def data_files(tmp_path_factory):
     with open(root / "math.jsonl", "w") as f:
         for p, s in MATH:
             f.write(json.dumps({"problem": p, "solution": s}) + "\n")
-    return {"gsm8k_jsonl": root / "gsm8k.jsonl", "math": root / "math.jsonl"}
+    with open(root / "humaneval.jsonl", "w") as f:
+        for i, (name, prompt, test) in enumerate(HUMANEVAL):
+            f.write(json.dumps({"task_id": f"Tiny/{i}", "prompt": prompt, "entry_point": name, "test": test}) + "\n")
+    return {"gsm8k_jsonl": root / "gsm8k.jsonl", "math": root / "math.jsonl", "humaneval": root / "humaneval.jsonl"}
 
 
 @pytest.mark.parametrize("recipe", RECIPES)

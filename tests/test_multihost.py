@@ -12,7 +12,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import pytest
 
 from grpo_jax.metrics import read_metrics
 from grpo_jax.trainer import build_context, restore_params, train
@@ -70,58 +69,40 @@ def _params(config, run_dir):
     return jax.device_get(restore_params(build_context(config, str(run_dir)))[0])
 
 
-@pytest.fixture(scope="module")
-def one_process(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("one-process")
-    config = tiny_config(*RUN)
-    train(config, output_dir=str(run_dir))
-    return config, read_metrics(run_dir), _params(config, run_dir)
-
-
-def _assert_same_run(one_process, run_dir, keys=("loss", "reward/mean"), half_each=True):
-    config, records, params = one_process
-    two = read_metrics(run_dir)
-    assert [r["step"] for r in two] == [r["step"] for r in records]
-    for a, b in zip(records, two):
-        shared = [k for k in keys if k in a]
-        np.testing.assert_allclose([b[k] for k in shared], [a[k] for k in shared], rtol=1e-4, atol=1e-6)
-        if "rollout/rows_scored_here" in a:  # process 0 decoded and rewarded only the rows its devices hold
-            mine, every = b["rollout/rows_scored_here"], a["rollout/rows_scored_here"]
-            # dynamic sampling keeps groups of several rollouts, so the kept rows need not split in half
-            assert mine * 2 == every if half_each else 0 < mine < every
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), params, _params(config, run_dir))
-
-
 # every host-side path that splits work between hosts: dynamic sampling regroups rows from several rollouts,
-# process supervision scores steps per row, maj@k votes per prompt group
-SPLIT = [*RUN, "num_iterations=1", "dynamic_sampling=true", "step_reward=arithmetic_steps", "eval_steps=3",
-         "eval_num_samples=2", "max_resample_rounds=2"]
+# process supervision scores steps per row, maj@k votes per prompt group; and a second iteration per batch
+ALL_PATHS = [*RUN, "dynamic_sampling=true", "step_reward=arithmetic_steps", "eval_steps=3", "eval_num_samples=2",
+             "max_resample_rounds=2"]
+COMPARED = ("loss", "reward/mean", "advantage/abs_mean", "dynamic/rounds", "dynamic/informative_groups",
+            "eval/accuracy", "eval/maj@2", "eval/pass@2")
 
 
-def test_host_side_work_is_split_and_assembled_exactly(tmp_path):
-    one_dir = tmp_path / "one"
-    config = tiny_config(*SPLIT)
-    train(config, output_dir=str(one_dir))
-    one = (config, read_metrics(one_dir), _params(config, one_dir))
-    run_dir = tmp_path / "two"
-    _finish(_launch(tmp_path, run_dir, "fresh", SPLIT))
-    _assert_same_run(one, run_dir, keys=("loss", "reward/mean", "advantage/abs_mean", "dynamic/rounds",
-                                         "dynamic/informative_groups", "eval/accuracy", "eval/maj@2", "eval/pass@2"),
-                     half_each=False)
-    assert any("dynamic/rounds" in r for r in one[1]) and any("eval/maj@2" in r for r in one[1])
-
-
-def test_two_processes_train_like_one_and_resume_as_two_slices(one_process, tmp_path):
+def test_two_processes_train_like_one_and_resume_as_two_slices(tmp_path):
     """Two processes train 2 steps on one 8-device mesh and checkpoint; they resume for step 3 laid out as two
     slices (run.dcn_mesh: the data axis across the hosts over DCN, fsdp within each host over ICI). Metrics and
-    final parameters equal one process's uninterrupted run. (One run covers the three multi-host paths: each
-    launch of two processes costs about 30 s of start-up and compiles.)"""
-    run_dir = tmp_path / "run"
-    _finish(_launch(tmp_path, run_dir, "fresh", [*RUN, "max_steps=2"]))
+    final parameters equal one process's uninterrupted run, with every host-side path on (ALL_PATHS). One test
+    covers them all: each launch of two processes costs about 30 s of start-up and compiles, and each
+    one-process reference run as much again."""
+    config = tiny_config(*ALL_PATHS)
+    train(config, output_dir=str(tmp_path / "one"))
+    one = read_metrics(tmp_path / "one")
+    assert any("dynamic/rounds" in r for r in one) and any("eval/maj@2" in r for r in one)
+    run_dir = tmp_path / "two"
+    _finish(_launch(tmp_path, run_dir, "fresh", [*ALL_PATHS, "max_steps=2"]))
     assert sorted(os.listdir(run_dir / "checkpoints"))[-1] == "2"
-    _finish(_launch(tmp_path, run_dir, "resume", [*RUN, "run.mesh=fsdp:4", "run.dcn_mesh=data:2"]))
+    _finish(_launch(tmp_path, run_dir, "resume", [*ALL_PATHS, "run.mesh=fsdp:4", "run.dcn_mesh=data:2"]))
     assert sorted(os.listdir(run_dir / "checkpoints"))[-1] == "3"
-    _assert_same_run(one_process, run_dir)
+
+    two = read_metrics(run_dir)
+    assert [r["step"] for r in two] == [r["step"] for r in one]
+    for a, b in zip(one, two):
+        shared = [k for k in COMPARED if k in a]
+        np.testing.assert_allclose([b[k] for k in shared], [a[k] for k in shared], rtol=1e-4, atol=1e-6)
+        if "rollout/rows_scored_here" in a:  # process 0 decoded and rewarded only the rows its devices hold;
+            # dynamic sampling keeps groups of several rollouts, so the kept rows need not split in half
+            assert 0 < b["rollout/rows_scored_here"] < a["rollout/rows_scored_here"]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), _params(config, tmp_path / "one"),
+                 _params(config, run_dir))
 
 
 def test_a_dead_peer_is_an_error_not_a_hang(tmp_path):
