@@ -111,13 +111,17 @@ def measure_ceilings(n: int, copy_bytes: int, repeats: int) -> dict:
             "matmul_n": n, "copy_gib": x.nbytes / 2 ** 30}
 
 
-def update_benchmark(size: str, repeats: int, mesh) -> dict:
-    """Median time of one GRPO update and its model FLOPs (3 x forward: forward + backward)."""
+def update_benchmark(size: str, repeats: int, mesh, micro_batches: int | None = None) -> dict:
+    """Median time of one GRPO update and its model FLOPs (3 x forward: forward + backward).
+
+    ``micro_batches`` (gradient accumulation steps) defaults to the size's own in ``UPDATE``; fewer, larger
+    micro-batches give the matmuls more rows at the cost of activation memory."""
     from grpo_jax.trainer.config import GRPOConfig, OptimizerConfig
     from grpo_jax.trainer.state import build_optimizer, create_state, state_shardings
     from grpo_jax.trainer.step import grpo_objective, make_update_fn
 
     rows, p, t, micro = UPDATE[size]
+    micro = micro_batches or micro
     config = model_config(size)
     model = build_model(config, mesh)
     params = init_params(model, jax.random.key(0), mesh)
@@ -221,26 +225,40 @@ def main(argv: list[str] | None = None) -> int:
                         help="also decode with float32 master weights: converted to bf16 once per call (what the "
                              "trainer does) and converted in every step (cast_params_once=False)")
     parser.add_argument("--parts", default="update,decode", help="which measurements: update, decode or both")
+    parser.add_argument("--update-micro-batches", default="",
+                        help="comma-separated micro-batch counts to time the update with, each its own compile "
+                             "(default: each size's own, e.g. 8 for 0.5b); each must divide the update's rows")
     parser.add_argument("--json", help="write the raw figures here")
     args = parser.parse_args(argv)
+    sizes = args.sizes.split(",")
+    parts = set(args.parts.split(","))
+    if not parts or parts - {"update", "decode"}:
+        parser.error(f"--parts takes update, decode or update,decode; got {args.parts!r}")
+    try:
+        micro_batches = [int(m) for m in args.update_micro_batches.split(",") if m.strip()] or [None]
+    except ValueError:
+        parser.error(f"--update-micro-batches takes comma-separated integers; got {args.update_micro_batches!r}")
+    for size in sizes:
+        if size not in UPDATE:
+            parser.error(f"--sizes: unknown size {size!r}; known: {', '.join(UPDATE)}")
+        rows = UPDATE[size][0]
+        if any(m is not None and (m < 1 or rows % m) for m in micro_batches):
+            parser.error(f"--update-micro-batches {args.update_micro_batches!r}: each count must be a positive "
+                         f"divisor of the {rows} update rows of size {size!r}")
     device = jax.devices()[0]
     if device.platform == "cpu" and not args.allow_cpu:
         print("bench_gpu_roofline: no accelerator; skipped (pass --allow-cpu for a smoke run)")
         return 0
     mesh = make_mesh({"data": 1}, devices=[device])
-    sizes = args.sizes.split(",")
     small = sizes == ["tiny"]
     report = {"device": getattr(device, "device_kind", device.platform), "jax": jax.__version__,
               "ceilings": measure_ceilings(256 if small else 8192, 2 ** 20 if small else 2 ** 31, args.repeats),
               "update": [], "decode": []}
     print(json.dumps(report["ceilings"]), flush=True)
-    parts = set(args.parts.split(","))
-    if not parts or parts - {"update", "decode"}:
-        parser.error(f"--parts takes update, decode or update,decode; got {args.parts!r}")
     variants = [(jnp.bfloat16, True)] + ([(jnp.float32, True), (jnp.float32, False)] if args.decode_fp32 else [])
     for size in sizes:
-        if "update" in parts:
-            report["update"].append(update_benchmark(size, args.repeats, mesh))
+        for micro in micro_batches if "update" in parts else ():
+            report["update"].append(update_benchmark(size, args.repeats, mesh, micro))
             print(json.dumps(report["update"][-1]), flush=True)
         for dtype, cast in variants if "decode" in parts else ():
             report["decode"].append(decode_benchmark(size, args.repeats, mesh, dtype, cast))

@@ -55,15 +55,20 @@ def test_decode_bytes_read_every_parameter_once_and_the_valid_cache(bench):
 
 
 def test_smoke_run_on_cpu_writes_its_report(bench, tmp_path, capsys):
-    """One run of the whole code path on the tiny shape: the update and the three decode variants (bf16
-    weights, fp32 masters cast once, fp32 converted in every step), whose byte counts must differ only by
-    the weights each step reads."""
+    """One run of the whole code path on the tiny shape: the update with 2 micro-batches and with 1, and the
+    three decode variants (bf16 weights, fp32 masters cast once, fp32 converted in every step), whose byte
+    counts must differ only by the weights each step reads."""
     out = tmp_path / "roofline.json"
-    assert bench.main(["--sizes", "tiny", "--allow-cpu", "--repeats", "1", "--decode-fp32", "--json", str(out)]) == 0
+    assert bench.main(["--sizes", "tiny", "--allow-cpu", "--repeats", "1", "--decode-fp32", "--json", str(out),
+                       "--update-micro-batches", "2,1"]) == 0
     report = json.loads(out.read_text())
-    (update,), (bf16, cast_once, every_step) = report["update"], report["decode"]
+    (update, whole), (bf16, cast_once, every_step) = report["update"], report["decode"]
+    assert (update["micro_batches"], whole["micro_batches"]) == (2, 1)
     assert np.isfinite(update["loss"]) and update["step_s"] > 0
-    assert update["model_flops"] == 3 * bench.forward_flops(bench.model_config("tiny"), 8, 16, 8)
+    flops = 3 * bench.forward_flops(bench.model_config("tiny"), 8, 16, 8)
+    assert update["model_flops"] == whole["model_flops"] == flops
+    # the same two updates from the same start: accumulating micro-batches gives one batch's loss
+    np.testing.assert_allclose(whole["loss"], update["loss"], rtol=1e-3)
     assert bf16["rows"] == 8 and bf16["total_s"] > 0
     assert "| Qwen2.5-tiny shape" in capsys.readouterr().out
     assert (cast_once["param_dtype"], cast_once["cast_params_once"]) == ("float32", True)
@@ -74,9 +79,14 @@ def test_smoke_run_on_cpu_writes_its_report(bench, tmp_path, capsys):
     assert every_step["least_bytes_per_step"] - bf16["least_bytes_per_step"] == 2 * n
 
 
-def test_unknown_parts_are_refused(bench):
+@pytest.mark.parametrize("args, message", [(["--parts", "prefill"], "--parts takes update, decode"),
+                                           (["--sizes", "7b"], "unknown size '7b'"),
+                                           (["--update-micro-batches", "3"], "positive divisor of the 8 update rows"),
+                                           (["--update-micro-batches", "two"], "comma-separated integers")])
+def test_bad_arguments_are_refused_before_anything_runs(bench, capsys, args, message):
     with pytest.raises(SystemExit):
-        bench.main(["--sizes", "tiny", "--allow-cpu", "--parts", "prefill"])
+        bench.main(["--sizes", "tiny", *args])  # without --allow-cpu: refused before the no-accelerator skip
+    assert message in capsys.readouterr().err
 
 
 def test_without_accelerator_it_skips(bench, capsys):
