@@ -39,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from grpo_jax.models import ModelConfig, build_model, init_params  # noqa: E402
 from grpo_jax.models.memory import kv_cache_bytes_per_token, parameter_count  # noqa: E402
-from grpo_jax.sampling import SamplingConfig, generate  # noqa: E402
+from grpo_jax.sampling import SamplingConfig, generate, steps_per_check_for  # noqa: E402
 from grpo_jax.sharding import make_mesh  # noqa: E402
 
 QWEN25 = {  # Qwen2.5 shapes (config.json of Qwen/Qwen2.5-0.5B and -1.5B); weights are random here
@@ -85,6 +85,21 @@ def decode_bytes(config: ModelConfig, rows: int, context: float, weight_dtype: A
     share (the prompts' slots, which the sampler keeps once per prompt)."""
     weights = parameter_count(config) * jnp.dtype(weight_dtype).itemsize
     return weights + (rows * context + shared_slots) * kv_cache_bytes_per_token(config, cache_dtype)
+
+
+# decode variants by name: (parameter dtype, cast_params_once)
+DECODE_WEIGHTS = {"bf16": (jnp.bfloat16, True), "fp32-once": (jnp.float32, True),
+                  "fp32-every-step": (jnp.float32, False)}
+
+
+def parse_decode_variant(name: str) -> tuple[Any, bool, int | None]:
+    """"WEIGHTS[:STEPS]" -> (parameter dtype, cast_params_once, decode steps per stop check or None)."""
+    weights, _, steps = name.strip().partition(":")
+    if weights not in DECODE_WEIGHTS:
+        raise ValueError(f"unknown weights {weights!r} in {name!r}; expected one of {', '.join(DECODE_WEIGHTS)}")
+    if steps and (not steps.isdigit() or int(steps) < 1):
+        raise ValueError(f"steps per stop check in {name!r} must be a positive integer")
+    return (*DECODE_WEIGHTS[weights], int(steps) if steps else None)
 
 
 def timed(fn, repeats: int) -> list[float]:
@@ -156,11 +171,13 @@ def update_benchmark(size: str, repeats: int, mesh, micro_batches: int | None = 
             "model_flops": flops, "loss": float(metrics["loss"])}
 
 
-def decode_benchmark(size: str, repeats: int, mesh, param_dtype: Any, cast_params_once: bool = True) -> dict:
+def decode_benchmark(size: str, repeats: int, mesh, param_dtype: Any, cast_params_once: bool = True,
+                     steps_per_check: int | None = None) -> dict:
     """Seconds per decode step at batch prompts x G and the least bytes it must read.
 
     ``param_dtype`` float32 with ``cast_params_once`` is what the trainer samples with (fp32 masters, a bf16
-    copy made once per call); without it every decode step converts the fp32 weights it reads."""
+    copy made once per call); without it every decode step converts the fp32 weights it reads.
+    ``steps_per_check``: SamplingConfig.decode_steps_per_check (None: the sampler's default for the device)."""
     prompts, g, p, new = DECODE[size]
     config = model_config(size, param_dtype=param_dtype)
     model = build_model(config, mesh)
@@ -171,14 +188,17 @@ def decode_benchmark(size: str, repeats: int, mesh, param_dtype: Any, cast_param
     result = {}
     for n in (1, new):
         sampling = SamplingConfig(num_generations=g, max_new_tokens=n, pad_token_id=0,
-                                  cast_params_once=cast_params_once)
+                                  cast_params_once=cast_params_once, decode_steps_per_check=steps_per_check)
         start = time.perf_counter()
         jax.block_until_ready(generate(model, params, ids, mask, key, sampling).tokens)
         first = time.perf_counter() - start
         t = statistics.median(timed(lambda: generate(model, params, ids, mask, key, sampling).tokens, repeats))
         result[n] = (first, t)
     rows = prompts * g
-    step = (result[new][1] - result[1][1]) / (new - 1)
+    # no EOS: the long call runs its new tokens rounded up to whole chunks of steps, the short one one chunk
+    steps_per_check = steps_per_check or steps_per_check_for(mesh.devices.flat[0].platform)
+    steps = (-(-new // steps_per_check) - 1) * steps_per_check
+    step = (result[new][1] - result[1][1]) / steps
     read_dtype = config.dtype if cast_params_once else param_dtype  # the weights each decode step reads
     # the prompts' keys and values once per prompt (a shared prefix), each row's own new tokens
     least = decode_bytes(config, rows, new / 2, weight_dtype=read_dtype, shared_slots=prompts * p)
@@ -187,7 +207,7 @@ def decode_benchmark(size: str, repeats: int, mesh, param_dtype: Any, cast_param
     weights = "bf16" if param_dtype == jnp.bfloat16 else (
         "fp32 masters, bf16 copy once per call" if cast_params_once else "fp32 masters, converted every step")
     return {"size": size, "param_dtype": jnp.dtype(param_dtype).name, "cast_params_once": cast_params_once,
-            "weights": weights, "rows": rows, "prompt": p,
+            "weights": weights, "decode_steps_per_check": steps_per_check, "rows": rows, "prompt": p,
             "new_tokens": new, "prefill_and_1_s": result[1][1], "total_s": result[new][1],
             "compile_s": result[new][0] - result[new][1], "decode_step_s": step,
             "least_bytes_per_step": least, "buffer_bytes_per_step": moved,
@@ -206,11 +226,12 @@ def markdown(report: dict) -> str:
         lines.append(f"| Qwen2.5-{u['size']} shape ({u['parameters'] / 1e6:.0f}M) | {u['rows']} x "
                      f"({u['prompt']} + {u['completion']}) / {u['micro_batches']} | {u['step_s']:.3f} | "
                      f"{u['model_flops'] / 1e12:.1f} | {rate / 1e12:.0f} | {100 * rate / peak:.0f}% |")
-    lines += ["", "| model | weights | batch | decode step ms | least bytes / step MB | HBM roofline use "
-              "| tokens/s (incl. prefill) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += ["", "| model | weights | steps per stop check | batch | decode step ms | least bytes / step MB "
+              "| HBM roofline use | tokens/s (incl. prefill) |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for d in report["decode"]:
         use = d["least_bytes_per_step"] / d["decode_step_s"] / bw
-        lines.append(f"| Qwen2.5-{d['size']} shape | {d.get('weights', d['param_dtype'])} | {d['rows']} | "
+        lines.append(f"| Qwen2.5-{d['size']} shape | {d.get('weights', d['param_dtype'])} | "
+                     f"{d.get('decode_steps_per_check', 1)} | {d['rows']} | "
                      f"{1e3 * d['decode_step_s']:.2f} | {d['least_bytes_per_step'] / 1e6:.0f} | {100 * use:.0f}% | "
                      f"{d['tokens_per_s']:,.0f} |")
     return "\n".join(lines)
@@ -224,6 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decode-fp32", action="store_true",
                         help="also decode with float32 master weights: converted to bf16 once per call (what the "
                              "trainer does) and converted in every step (cast_params_once=False)")
+    parser.add_argument("--decode-variants", default="",
+                        help="comma-separated decode variants WEIGHTS[:STEPS], WEIGHTS one of "
+                             f"{', '.join(DECODE_WEIGHTS)} and STEPS the decode steps per stop check (default: the "
+                             "sampler's for the device), e.g. bf16:1,bf16:16,fp32-once; default bf16 (and with "
+                             "--decode-fp32 the two fp32 ones)")
     parser.add_argument("--parts", default="update,decode", help="which measurements: update, decode or both")
     parser.add_argument("--update-micro-batches", default="",
                         help="comma-separated micro-batch counts to time the update with, each its own compile "
@@ -245,6 +271,11 @@ def main(argv: list[str] | None = None) -> int:
         if any(m is not None and (m < 1 or rows % m) for m in micro_batches):
             parser.error(f"--update-micro-batches {args.update_micro_batches!r}: each count must be a positive "
                          f"divisor of the {rows} update rows of size {size!r}")
+    names = args.decode_variants or ",".join(["bf16"] + (["fp32-once", "fp32-every-step"] if args.decode_fp32 else []))
+    try:
+        variants = [parse_decode_variant(name) for name in names.split(",")]
+    except ValueError as e:
+        parser.error(f"--decode-variants: {e}")
     device = jax.devices()[0]
     if device.platform == "cpu" and not args.allow_cpu:
         print("bench_gpu_roofline: no accelerator; skipped (pass --allow-cpu for a smoke run)")
@@ -255,13 +286,12 @@ def main(argv: list[str] | None = None) -> int:
               "ceilings": measure_ceilings(256 if small else 8192, 2 ** 20 if small else 2 ** 31, args.repeats),
               "update": [], "decode": []}
     print(json.dumps(report["ceilings"]), flush=True)
-    variants = [(jnp.bfloat16, True)] + ([(jnp.float32, True), (jnp.float32, False)] if args.decode_fp32 else [])
     for size in sizes:
         for micro in micro_batches if "update" in parts else ():
             report["update"].append(update_benchmark(size, args.repeats, mesh, micro))
             print(json.dumps(report["update"][-1]), flush=True)
-        for dtype, cast in variants if "decode" in parts else ():
-            report["decode"].append(decode_benchmark(size, args.repeats, mesh, dtype, cast))
+        for dtype, cast, steps in variants if "decode" in parts else ():
+            report["decode"].append(decode_benchmark(size, args.repeats, mesh, dtype, cast, steps))
             print(json.dumps(report["decode"][-1]), flush=True)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

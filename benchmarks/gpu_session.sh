@@ -6,11 +6,15 @@
 # Each part has its own time limit, so one that hangs or runs long cannot eat the others' time; what a part
 # printed and the JSON it wrote land in $OUT (decode_*.json, update_*.json, gpu_session.log). Parts, in order
 # of what they tell us:
-#   1. decode, Qwen2.5-0.5B shape, batch 256: bf16 weights, fp32 masters cast once per call (the trainer's
-#      default), fp32 converted every step; against the HBM roofline (issue 8 target: >= 50%).
-#   2. the same bf16 decode with XLA's command buffers (CUDA graphs) also capturing the decode while-loops:
-#      if the decode step is bound by kernel launches (24 layers x ~15 kernels per token), this is faster.
-#   3. decode, Qwen2.5-1.5B shape (the row still missing).
+#   1. decode, Qwen2.5-0.5B shape, batch 256, against the HBM roofline (issue 8 target: >= 50%): bf16
+#      weights checking for the end after every step (as measured on 2026-11-28: 18%) and every 16 steps
+#      (SamplingConfig.decode_steps_per_check, the GPU default since 2026-11-29: XLA's GPU runtime waits on
+#      the host for a while-loop's condition after every iteration, so the GPU idles while the host launches
+#      the next step's kernels; a fixed-count inner loop has no wait), and fp32 masters cast once per call
+#      (the trainer's path).
+#   2. the same bf16 decodes with XLA's command buffers (CUDA graphs) also capturing the while-loops: if
+#      faster, the steps are bound by kernel launches (24 layers x ~15 kernels per token).
+#   3. decode, Qwen2.5-1.5B shape (the row still missing), at the GPU default.
 #   4. the update of the 0.5B shape (MFU; issue 8 target >= 40%; 31% measured on 2026-11-28) with its 8
 #      micro-batches of 16 rows, and with 2 of 64 rows: at hidden 896 a 16-row micro-batch's matmuls may be
 #      too small to fill the GPU, and an H200 holds the larger one's activations.
@@ -35,9 +39,9 @@ part() {  # part SECONDS NAME [ENV=VALUE ...] -- ARGS...: one bench_gpu_roofline
     echo "== $name exit ${PIPESTATUS[0]}" | tee -a "$log"
 }
 
-part 150 decode_0p5b -- --sizes 0.5b --parts decode --decode-fp32 --repeats 3
+part 150 decode_0p5b -- --sizes 0.5b --parts decode --decode-variants bf16:1,bf16:16,fp32-once:16 --repeats 3
 part 100 decode_0p5b_cuda_graph_loops XLA_FLAGS="--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL" -- \
-    --sizes 0.5b --parts decode --repeats 3
+    --sizes 0.5b --parts decode --decode-variants bf16:1,bf16:16 --repeats 3
 part 150 decode_1p5b -- --sizes 1.5b --parts decode --repeats 3
 part 160 update_0p5b -- --sizes 0.5b --parts update --repeats 3 --update-micro-batches 8,2
 echo "== done $(date -u +%T)" | tee -a "$log"

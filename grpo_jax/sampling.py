@@ -16,7 +16,8 @@ How it works:
      after max_new_tokens). No host round trip per token. The new tokens' cache grows in phases of
      ``decode_phase_tokens`` slots (one loop per phase), so a decode step reads the slots filled so far
      plus at most one phase, not the whole max_new_tokens: the loops of a 1,024-token completion read
-     about 63% of the new-token slots one loop would.
+     about 63% of the new-token slots one loop would. Whether every row has ended is checked every
+     ``decode_steps_per_check`` steps (16 on GPUs, whose runtime stalls the host on each check; 1 elsewhere).
 
 Log-probabilities and the trainer (read this before using ``logprobs`` as pi_old):
   * ``policy_logprobs`` = log softmax(logits / temperature)[token]: exactly what the trainer computes with
@@ -77,6 +78,13 @@ class SamplingConfig:
       a whole copy (split only by ``tensor``) while sampling. False keeps them FSDP-sharded: each decode
       step all-gathers every layer's weights as it uses them, for models whose whole copy does not fit.
       Either way the gathers move compute-dtype weights. Without an fsdp axis nothing changes.
+    decode_steps_per_check: decode steps run between checks of whether every row has ended (vLLM's
+      multi-step scheduling has the same idea). None: ``steps_per_check_for(platform)``, 16 on GPUs, 1 on
+      CPUs and TPUs. On a GPU, XLA runs a loop with a data-dependent stop by copying the condition to the
+      host after every iteration and waiting for it (``WhileThunk``), so the GPU idles while the host
+      launches the next step's kernels; an inner loop of a fixed number of steps runs without that wait.
+      The cost is up to this many minus one steps after every row has ended, and the loops run
+      max_new_tokens rounded up to a multiple of it. The tokens and log-probs do not change.
     """
 
     num_generations: int = 8
@@ -92,6 +100,7 @@ class SamplingConfig:
     decode_phase_tokens: int = 256
     cast_params_once: bool = True
     gather_params_once: bool = True
+    decode_steps_per_check: int | None = None
 
     def __post_init__(self) -> None:
         fn = "SamplingConfig"
@@ -104,6 +113,8 @@ class SamplingConfig:
         v.as_int(fn, "top_k", self.top_k, minimum=0)
         v.as_int(fn, "pad_token_id", self.pad_token_id, minimum=0)
         v.as_int(fn, "decode_phase_tokens", self.decode_phase_tokens, minimum=1)
+        if self.decode_steps_per_check is not None:
+            v.as_int(fn, "decode_steps_per_check", self.decode_steps_per_check, minimum=1)
         for name in ("cast_params_once", "gather_params_once"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise TypeError(f"{fn}: `{name}` must be True or False, got {getattr(self, name)!r}")
@@ -127,7 +138,8 @@ class SampleResult:
     logprobs: [B*G, max_new_tokens] float32, under the distribution sampled from (0 where mask is 0).
     policy_logprobs: [B*G, max_new_tokens] float32, log softmax(logits / temperature) (0 where mask is 0).
     finished: [B*G] bool, ended by an EOS/stop token (False: truncated at max_new_tokens).
-    decode_steps: int32 scalar, decode iterations run (< max_new_tokens when every row stopped early).
+    decode_steps: int32 scalar, decode iterations run: max_new_tokens rounded up to a multiple of
+      decode_steps_per_check, or fewer when every row stopped early.
     """
 
     tokens: jax.Array
@@ -271,6 +283,8 @@ def _generate_program(model: Transformer, config: SamplingConfig, params, prompt
     """The jitted sampler for one (batch bucket, prompt bucket). Shapes: prompt_* [Bb, Pb]."""
     _TRACES["count"] += 1
     g, new = config.num_generations, config.max_new_tokens
+    chunk = config.decode_steps_per_check or 1  # generate() has resolved None for the device
+    total = -(-new // chunk) * chunk  # decode steps the loops may run: whole chunks
     b, p = prompt_ids.shape
     n = b * g
     _TRACES["last_prefill_rows"], _TRACES["last_decode_rows"] = b, n
@@ -291,8 +305,9 @@ def _generate_program(model: Transformer, config: SamplingConfig, params, prompt
             x, logical_sharding(axes, x.shape, rules.mesh, rules.rules))
 
     # The cache of new tokens grows in phases: while generating tokens ends[k - 1] ... ends[k] - 1 it has
-    # ends[k] slots.
-    ends = [*range(config.decode_phase_tokens, new, config.decode_phase_tokens), new]
+    # ends[k] slots. Phases hold whole chunks of steps, so no chunk crosses a phase's end.
+    phase = -(-config.decode_phase_tokens // chunk) * chunk
+    ends = [*range(phase, total, phase), total]
     cache_axes = ("batch", "kv_heads", "length", "head_dim")
 
     # Prefill: once per prompt. Its keys and values stay one copy per prompt: the G completions (rows
@@ -318,13 +333,13 @@ def _generate_program(model: Transformer, config: SamplingConfig, params, prompt
         t, last, tokens, out_mask, logprobs, policy_lp, done, cache, kv_mask, key = state
         key, sub = jax.random.split(key)
         token, lp, plp = _choose(last, sub, config)
-        live = ~done
+        live = ~done & (t < new)  # steps past max_new_tokens (the last chunk's) change nothing
         token = jnp.where(live, token, config.pad_token_id).astype(jnp.int32)
         tokens = tokens.at[:, t].set(token)
         out_mask = out_mask.at[:, t].set(live.astype(jnp.int32))
         logprobs = logprobs.at[:, t].set(jnp.where(live, lp, 0.0))
         policy_lp = policy_lp.at[:, t].set(jnp.where(live, plp, 0.0))
-        done = done | jnp.isin(token, jnp.asarray(config.eos_token_ids, jnp.int32))
+        done = done | (live & jnp.isin(token, jnp.asarray(config.eos_token_ids, jnp.int32)))
         kv_mask = kv_mask.at[:, t].set(live.astype(kv_mask.dtype))
         weights = params
         if layout is not None and not config.gather_params_once:
@@ -338,10 +353,13 @@ def _generate_program(model: Transformer, config: SamplingConfig, params, prompt
         )
         return t + 1, logits[:, 0], tokens, out_mask, logprobs, policy_lp, done, cache, kv_mask, key
 
+    def steps(state):  # the steps between two checks; a fixed trip count, which XLA's GPU runtime runs unwaited
+        return step(state) if chunk == 1 else jax.lax.fori_loop(0, chunk, lambda _, s: step(s), state)
+
     state = (
         jnp.int32(0), last_logits,
-        jnp.full((n, new), config.pad_token_id, jnp.int32), jnp.zeros((n, new), jnp.int32),
-        jnp.zeros((n, new), jnp.float32), jnp.zeros((n, new), jnp.float32), jnp.zeros((n,), bool),
+        jnp.full((n, total), config.pad_token_id, jnp.int32), jnp.zeros((n, total), jnp.int32),
+        jnp.zeros((n, total), jnp.float32), jnp.zeros((n, total), jnp.float32), jnp.zeros((n,), bool),
         cache, kv_mask, key,
     )
     for k, end in enumerate(ends):
@@ -350,12 +368,29 @@ def _generate_program(model: Transformer, config: SamplingConfig, params, prompt
             *head, cache, kv_mask, key = state
             cache = jax.tree.map(lambda x: rows(jnp.pad(x, ((0, 0), (0, 0), (0, grow), (0, 0))), cache_axes), cache)
             state = (*head, cache, rows(jnp.pad(kv_mask, ((0, 0), (0, grow))), ("batch", "length")), key)
-        state = jax.lax.while_loop(lambda s, end=end: keep_going(s, end), step, state)
-    steps, _, tokens, out_mask, logprobs, policy_lp, done, _, _, _ = state
-    return SampleResult(tokens, out_mask, logprobs, policy_lp, done, steps)
+        state = jax.lax.while_loop(lambda s, end=end: keep_going(s, end), steps, state)
+    ran, _, tokens, out_mask, logprobs, policy_lp, done, _, _, _ = state
+    return SampleResult(tokens[:, :new], out_mask[:, :new], logprobs[:, :new], policy_lp[:, :new], done, ran)
 
 
 _generate_jit = jax.jit(_generate_program, static_argnums=(0, 1))
+
+
+GPU_STEPS_PER_CHECK = 16  # decode_steps_per_check's default on GPUs (docs/benchmarks.md: not yet measured)
+
+
+def steps_per_check_for(platform: str) -> int:
+    """``SamplingConfig.decode_steps_per_check``'s default on a JAX platform ("gpu", "cuda" or "rocm": 16;
+    "cpu", "tpu" and others: 1, as their loops stop without a wait on the host)."""
+    return GPU_STEPS_PER_CHECK if platform in ("gpu", "cuda", "rocm") else 1
+
+
+def _platform(model: Transformer, params) -> str:
+    """The platform the sampler will run on: the model's mesh, else where the parameters are."""
+    if model.mesh_rules is not None:
+        return model.mesh_rules.mesh.devices.flat[0].platform
+    leaf = jax.tree.leaves(params)[0]
+    return next(iter(leaf.devices())).platform if isinstance(leaf, jax.Array) else jax.default_backend()
 
 
 def _check_prompts(prompt_ids, prompt_mask) -> None:
@@ -399,6 +434,8 @@ def generate(
     if not isinstance(config, SamplingConfig):
         raise TypeError(f"generate: `config` must be a SamplingConfig, got {type(config).__name__}")
     _check_prompts(prompt_ids, prompt_mask)
+    if config.decode_steps_per_check is None:
+        config = dataclasses.replace(config, decode_steps_per_check=steps_per_check_for(_platform(model, params)))
     b, p = v.shape_of(prompt_ids)
     bb, pb = bucket_size(b, config.batch_buckets), bucket_size(p, config.prompt_length_buckets)
     ids = np.full((bb, pb), config.pad_token_id, np.int32)

@@ -56,11 +56,11 @@ def test_decode_bytes_read_every_parameter_once_and_the_valid_cache(bench):
 
 def test_smoke_run_on_cpu_writes_its_report(bench, tmp_path, capsys):
     """One run of the whole code path on the tiny shape: the update with 2 micro-batches and with 1, and the
-    three decode variants (bf16 weights, fp32 masters cast once, fp32 converted in every step), whose byte
-    counts must differ only by the weights each step reads."""
+    three decode variants (bf16 weights, fp32 masters cast once, fp32 converted in every step and the stop
+    checked every 4 steps), whose byte counts must differ only by the weights each step reads."""
     out = tmp_path / "roofline.json"
-    assert bench.main(["--sizes", "tiny", "--allow-cpu", "--repeats", "1", "--decode-fp32", "--json", str(out),
-                       "--update-micro-batches", "2,1"]) == 0
+    assert bench.main(["--sizes", "tiny", "--allow-cpu", "--repeats", "1", "--json", str(out),
+                       "--decode-variants", "bf16,fp32-once,fp32-every-step:4", "--update-micro-batches", "2,1"]) == 0
     report = json.loads(out.read_text())
     (update, whole), (bf16, cast_once, every_step) = report["update"], report["decode"]
     assert (update["micro_batches"], whole["micro_batches"]) == (2, 1)
@@ -73,6 +73,9 @@ def test_smoke_run_on_cpu_writes_its_report(bench, tmp_path, capsys):
     assert "| Qwen2.5-tiny shape" in capsys.readouterr().out
     assert (cast_once["param_dtype"], cast_once["cast_params_once"]) == ("float32", True)
     assert (every_step["param_dtype"], every_step["cast_params_once"]) == ("float32", False)
+    # the stop checked every 4 steps there (8 new tokens: 8 steps, against 4 in the 1-token call); every step
+    # elsewhere, the CPU's default
+    assert [d["decode_steps_per_check"] for d in (bf16, cast_once, every_step)] == [1, 1, 4]
     # the bf16 copy is read like bf16 weights; converting in every step reads the fp32 masters
     assert cast_once["least_bytes_per_step"] == bf16["least_bytes_per_step"]
     n = bench.parameter_count(bench.model_config("tiny"))
@@ -82,7 +85,9 @@ def test_smoke_run_on_cpu_writes_its_report(bench, tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [(["--parts", "prefill"], "--parts takes update, decode"),
                                            (["--sizes", "7b"], "unknown size '7b'"),
                                            (["--update-micro-batches", "3"], "positive divisor of the 8 update rows"),
-                                           (["--update-micro-batches", "two"], "comma-separated integers")])
+                                           (["--update-micro-batches", "two"], "comma-separated integers"),
+                                           (["--decode-variants", "fp16"], "unknown weights 'fp16'"),
+                                           (["--decode-variants", "bf16:0"], "must be a positive integer")])
 def test_bad_arguments_are_refused_before_anything_runs(bench, capsys, args, message):
     with pytest.raises(SystemExit):
         bench.main(["--sizes", "tiny", *args])  # without --allow-cpu: refused before the no-accelerator skip

@@ -1,5 +1,6 @@
 """grpo_jax.sampling: exactness against full forwards and transformers, determinism, sharding, compiles."""
 
+import dataclasses
 import re
 
 import numpy as np
@@ -23,6 +24,7 @@ from grpo_jax.sampling import (  # noqa: E402
     last_trace_shapes,
     params_in_compute_dtype,
     sample_logits,
+    steps_per_check_for,
 )
 from grpo_jax.distributed import global_rows  # noqa: E402
 from grpo_jax.sharding import logical_sharding, make_mesh  # noqa: E402
@@ -153,7 +155,8 @@ def _all_gathers_in_loops(hlo_text: str) -> int:
         head = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{\s*$", line)
         if head:
             current = head.group(1)
-        elif current in bodies and re.search(r"\sall-gather(-start)?\(", line) and "body/Transformer/" in line:
+        elif (current in bodies and re.search(r"\sall-gather(-start)?\(", line)
+              and re.search(r"body/(closed_call/)?Transformer/", line)):  # closed_call: the steps' inner loop
             count += 1
     return count
 
@@ -162,7 +165,8 @@ def _all_gathers_in_loops(hlo_text: str) -> int:
                                           ({"fsdp": 4, "tensor": 2}, False)])
 def test_mesh_gives_the_same_output_as_one_device(checkpoint, loaded, axes, gather):
     """Also: the weights are gathered once per call (no all-gather inside the decode loops) or, with
-    gather_params_once=False, inside every decode step; the tokens are the same."""
+    gather_params_once=False, inside every decode step (there checking for the end every 2 steps); the
+    tokens are the same."""
     model, params = loaded
     sharded_model, sharded_params = load_pretrained(checkpoint[0], mesh=make_mesh(axes))
     ids, mask = _prompts(5, lengths=(3, 7, 5, 1, 6, 2, 4, 7), width=7)
@@ -170,6 +174,8 @@ def test_mesh_gives_the_same_output_as_one_device(checkpoint, loaded, axes, gath
                             decode_phase_tokens=4,  # the cache grows once, resharded as it grows
                             gather_params_once=gather)
     single = generate(model, params, ids, mask, jax.random.key(9), config)
+    if not gather:
+        config = dataclasses.replace(config, decode_steps_per_check=2)
     sharded = generate(sharded_model, sharded_params, ids, mask, jax.random.key(9), config)
     np.testing.assert_array_equal(np.asarray(sharded.tokens), np.asarray(single.tokens))
     np.testing.assert_allclose(np.asarray(sharded.logprobs), np.asarray(single.logprobs), atol=1e-5)
@@ -217,6 +223,30 @@ def test_decode_phases_give_the_same_completions(loaded):
     np.testing.assert_allclose(np.asarray(phased.logprobs), np.asarray(one.logprobs), atol=1e-5)
     assert int(phased.decode_steps) == int(one.decode_steps)
     assert np.asarray(one.finished).any() and np.asarray(one.mask).sum(1).max() > 3  # ends mid-phase, runs past one
+
+
+def test_steps_between_stop_checks_give_the_same_completions(loaded):
+    """Checking for the end every 16 decode steps instead of every step (decode_steps_per_check, GPUs'
+    default): 20 new tokens run as 32 steps in phases of 3 rounded up to 16. The same key gives the same
+    tokens, log-probs and ends; the 12 steps past 20 change nothing, even with the pad token a stop token
+    (with this key, one row cut at 20 would draw a stop token among them)."""
+    model, params = loaded
+    ids, mask = _prompts(7)
+    results = [generate(model, params, ids, mask, jax.random.key(5),
+                        SamplingConfig(num_generations=4, max_new_tokens=20, temperature=1.1, pad_token_id=3,
+                                       eos_token_ids=(3, 9, 17, 30), decode_phase_tokens=3,
+                                       decode_steps_per_check=steps))
+               for steps in (1, 16)]
+    one, chunked = results
+    assert chunked.tokens.shape == (12, 20)
+    for field in ("tokens", "mask", "finished"):
+        np.testing.assert_array_equal(np.asarray(getattr(chunked, field)), np.asarray(getattr(one, field)))
+    for field in ("logprobs", "policy_logprobs"):
+        np.testing.assert_allclose(np.asarray(getattr(chunked, field)), np.asarray(getattr(one, field)), atol=1e-5)
+    finished = np.asarray(one.finished)
+    assert finished.any() and not finished.all()  # rows that end, and rows cut at 20 that must stay unfinished
+    assert int(one.decode_steps) == 20 and int(chunked.decode_steps) == 32
+    assert (steps_per_check_for("gpu"), steps_per_check_for("cpu"), steps_per_check_for("tpu")) == (16, 1, 1)
 
 
 def test_params_cast_once_give_the_same_completions_and_leave_the_loops_in_bf16(checkpoint):
@@ -301,6 +331,8 @@ def test_bad_prompts_and_configs(loaded):
         SamplingConfig(temperature=0)
     with pytest.raises(ValueError, match=r"decode_phase_tokens"):
         SamplingConfig(decode_phase_tokens=0)
+    with pytest.raises(ValueError, match=r"decode_steps_per_check"):
+        SamplingConfig(decode_steps_per_check=0)
     with pytest.raises(TypeError, match=r"`cast_params_once` must be True or False"):
         SamplingConfig(cast_params_once="yes")
     with pytest.raises(TypeError, match=r"`gather_params_once` must be True or False"):

@@ -21,7 +21,7 @@ def test_overrides_parse_by_field_type():
         "grpo.beta=0", "epsilon_high=0.28", "rewards=math,format", "reward_weights=1,0.5", "run.mesh=fsdp:4,tensor:2",
         "max_steps=7", "mask_truncated_completions=true", "data.system_prompt=none", "name=exp1",
         "--grpo.loss_type=dr_grpo", "model.attention_query_block=64", "grpo.decode_phase_tokens=64",
-        "grpo.cast_params_once=false", "grpo.top_k=5", "grpo.gather_params_once=false",
+        "grpo.cast_params_once=false", "grpo.top_k=5", "grpo.gather_params_once=false", "decode_steps_per_check=4",
     ])
     g = config.grpo
     assert (g.beta, g.epsilon_high, g.rewards, g.reward_weights) == (0.0, 0.28, ("math", "format"), (1.0, 0.5))
@@ -31,7 +31,8 @@ def test_overrides_parse_by_field_type():
     assert config.model.attention_query_block == 64
     sampling = sampling_config(g, 100, (7, 9), 0)  # what the sampler gets
     assert (sampling.decode_phase_tokens, sampling.cast_params_once, sampling.top_k) == (64, False, 5)
-    assert sampling.gather_params_once is False
+    assert sampling.gather_params_once is False and sampling.decode_steps_per_check == 4
+    assert sampling_config(TrainConfig().grpo, 100, (7,), 0).decode_steps_per_check is None  # generate() decides
     assert (sampling.eos_token_ids, sampling.max_new_tokens, sampling.num_generations) == ((7, 9), 256, 8)
     assert sampling.prompt_length_buckets == (16, 32, 64, 128)  # up to the bucket of a 100-token prompt
     assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
@@ -53,6 +54,7 @@ def test_overrides_parse_by_field_type():
     ("model.attention_query_block=0", "model.attention_query_block=0 is invalid: expected a number > 0"),
     ("grpo.decode_phase_tokens=0", "grpo.decode_phase_tokens=0 is invalid: expected a number > 0"),
     ("grpo.cast_params_once=maybe", "grpo.cast_params_once='maybe'"),
+    ("grpo.decode_steps_per_check=0", "grpo.decode_steps_per_check=0 is invalid: expected a number > 0"),
 ])
 def test_bad_overrides_name_the_problem(override, message):
     with pytest.raises(ConfigError) as e:

@@ -94,10 +94,23 @@ def test_resume_with_only_the_first_checkpoint(tmp_path, monkeypatch):
 
 
 def test_resume_refuses_a_changed_algorithm(uninterrupted, tmp_path):
+    """... but not changed sampler settings that give the same tokens, nor a checkpoint's config written
+    before a field existed (it takes the default)."""
     config, run_dir, _, _ = uninterrupted
     changed = tiny_config("save_steps=1", "num_iterations=2", "grpo.beta=0.1")
     with pytest.raises(ValueError, match=r"section\(s\) \['grpo'\] differ"):
         GRPOTrainer(build_context(changed, str(run_dir)), resume=True)
+    runtime = tiny_config("save_steps=1", "num_iterations=2", "grpo.decode_steps_per_check=4",
+                          "grpo.cast_params_once=false", "grpo.decode_phase_tokens=2", "grpo.gather_params_once=false")
+    trainer = GRPOTrainer(build_context(runtime, str(run_dir)), resume=True)
+    older = config.to_dict()
+    del older["grpo"]["decode_steps_per_check"], older["optimizer"]["max_grad_norm"]
+    trainer._check_resumable({"config": older})
+    older["optimizer"]["learning_rate"] *= 2
+    with pytest.raises(ValueError, match=r"section\(s\) \['optimizer'\] differ"):
+        trainer._check_resumable({"config": older})
+    with pytest.raises(ValueError, match=r"the checkpoint's config does not load: .*'bogus'"):
+        trainer._check_resumable({"config": {**older, "grpo": {**older["grpo"], "bogus": 1}}})
 
 
 _KILL_DRIVER = """

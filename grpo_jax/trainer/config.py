@@ -233,6 +233,8 @@ class GRPOConfig:
       copy's memory, 2 bytes per parameter); on an FSDP mesh they are all-gathered once per rollout, whole
       on every device (false: gathered layer by layer in every decode step, for models whose copy does not
       fit).
+    decode_steps_per_check: decode steps between checks of whether every completion has ended (None: 16 on
+      GPUs, where each check stalls the host, 1 elsewhere; grpo_jax.sampling.SamplingConfig).
     stop_strings_as_eos: not supported; extra stop token ids go in ``extra_eos_token_ids``.
     """
 
@@ -263,6 +265,7 @@ class GRPOConfig:
     decode_phase_tokens: int = 256
     cast_params_once: bool = True
     gather_params_once: bool = True
+    decode_steps_per_check: int | None = None
     extra_eos_token_ids: tuple[int, ...] = ()
     code_timeout_s: float = 1.0
 
@@ -276,6 +279,8 @@ class GRPOConfig:
         _positive(s, self, "beta", "max_resample_rounds", "ref_model_sync_steps", "top_k", allow_zero=True)
         if self.epsilon_high is not None:
             _positive(s, self, "epsilon_high")
+        if self.decode_steps_per_check is not None:
+            _positive(s, self, "decode_steps_per_check")
         _require(0 < self.top_p <= 1, s, "top_p", self.top_p, "a number in (0, 1]")
         _choice(s, self, "kl_estimator", KL_ESTIMATORS)
         _choice(s, self, "importance_sampling_level", RATIO_LEVELS)

@@ -41,7 +41,7 @@ from grpo_jax.sampling import SamplingConfig, bucket_size
 from grpo_jax.sharding import make_hybrid_mesh, make_mesh
 from grpo_jax.trainer import rollout as rollout_lib
 from grpo_jax.trainer.build import build_policy
-from grpo_jax.trainer.config import GRPOConfig, TrainConfig
+from grpo_jax.trainer.config import ConfigError, GRPOConfig, TrainConfig
 from grpo_jax.trainer.evaluation import SOLVED, evaluate
 from grpo_jax.trainer.sft import run_sft
 from grpo_jax.trainer.state import abstract_train_state, build_optimizer, create_state, state_shardings
@@ -54,6 +54,9 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
+# grpo fields that change how the sampler runs, not what it samples (the same tokens either way): a resumed
+# run may change them, e.g. on other hardware
+SAMPLER_RUNTIME_FIELDS = ("decode_phase_tokens", "cast_params_once", "gather_params_once", "decode_steps_per_check")
 
 
 def default_output_dir(config: TrainConfig) -> str:
@@ -114,7 +117,7 @@ def sampling_config(g: GRPOConfig, max_prompt_length: int, eos_token_ids: Sequen
                           temperature=g.temperature, top_p=g.top_p, top_k=g.top_k, eos_token_ids=tuple(eos_token_ids),
                           pad_token_id=pad_token_id, prompt_length_buckets=buckets,
                           decode_phase_tokens=g.decode_phase_tokens, cast_params_once=g.cast_params_once,
-                          gather_params_once=g.gather_params_once)
+                          gather_params_once=g.gather_params_once, decode_steps_per_check=g.decode_steps_per_check)
 
 
 def build_context(config: TrainConfig, output_dir: str | None = None) -> RunContext:
@@ -222,10 +225,16 @@ class GRPOTrainer:
             storage.write_text(storage.join(ctx.output_dir, CONFIG_FILE), json.dumps(cfg.to_dict(), indent=2))
 
     def _check_resumable(self, meta: dict) -> None:
-        saved = meta.get("config", {})
+        try:  # read back through the config type: fields added since the checkpoint take their defaults
+            saved = TrainConfig.from_dict(meta.get("config", {})).to_dict()
+        except (ConfigError, TypeError, ValueError) as e:
+            raise ValueError(f"cannot resume {self.ctx.output_dir}: the checkpoint's config does not load: {e}") from e
         now = self.ctx.config.to_dict()
+        for config in (saved, now):  # how the sampler runs, not what it samples: free to change
+            for name in SAMPLER_RUNTIME_FIELDS:
+                config["grpo"].pop(name)
         keep_equal = ("model", "data", "grpo", "optimizer")
-        changed = [s for s in keep_equal if saved.get(s) != now[s]]
+        changed = [s for s in keep_equal if saved[s] != now[s]]
         if changed:
             raise ValueError(
                 f"cannot resume {self.ctx.output_dir}: the config's section(s) {changed} differ from the checkpoint's; "
