@@ -247,6 +247,11 @@ def test_steps_between_stop_checks_give_the_same_completions(loaded):
     assert finished.any() and not finished.all()  # rows that end, and rows cut at 20 that must stay unfinished
     assert int(one.decode_steps) == 20 and int(chunked.decode_steps) == 32
     assert (steps_per_check_for("gpu"), steps_per_check_for("cpu"), steps_per_check_for("tpu")) == (16, 1, 1)
+    # XLA knows the inner loop's trip count: what lets its GPU runtime run the steps without a host wait
+    config = SamplingConfig(num_generations=4, max_new_tokens=20, decode_steps_per_check=16)
+    padded = np.zeros((4, 16), np.int32)
+    hlo = _generate_jit.lower(model, config, params, padded, padded + 1, jax.random.key(0)).compile().as_text()
+    assert '"known_trip_count":{"n":"16"}' in hlo
 
 
 def test_params_cast_once_give_the_same_completions_and_leave_the_loops_in_bf16(checkpoint):
