@@ -232,12 +232,10 @@ def test_steps_between_stop_checks_give_the_same_completions(loaded):
     (with this key, one row cut at 20 would draw a stop token among them)."""
     model, params = loaded
     ids, mask = _prompts(7)
-    results = [generate(model, params, ids, mask, jax.random.key(5),
-                        SamplingConfig(num_generations=4, max_new_tokens=20, temperature=1.1, pad_token_id=3,
-                                       eos_token_ids=(3, 9, 17, 30), decode_phase_tokens=3,
-                                       decode_steps_per_check=steps))
+    configs = [SamplingConfig(num_generations=4, max_new_tokens=20, temperature=1.1, pad_token_id=3,
+                              eos_token_ids=(3, 9, 17, 30), decode_phase_tokens=3, decode_steps_per_check=steps)
                for steps in (1, 16)]
-    one, chunked = results
+    one, chunked = (generate(model, params, ids, mask, jax.random.key(5), config) for config in configs)
     assert chunked.tokens.shape == (12, 20)
     for field in ("tokens", "mask", "finished"):
         np.testing.assert_array_equal(np.asarray(getattr(chunked, field)), np.asarray(getattr(one, field)))
@@ -248,9 +246,8 @@ def test_steps_between_stop_checks_give_the_same_completions(loaded):
     assert int(one.decode_steps) == 20 and int(chunked.decode_steps) == 32
     assert (steps_per_check_for("gpu"), steps_per_check_for("cpu"), steps_per_check_for("tpu")) == (16, 1, 1)
     # XLA knows the inner loop's trip count: what lets its GPU runtime run the steps without a host wait
-    config = SamplingConfig(num_generations=4, max_new_tokens=20, decode_steps_per_check=16)
-    padded = np.zeros((4, 16), np.int32)
-    hlo = _generate_jit.lower(model, config, params, padded, padded + 1, jax.random.key(0)).compile().as_text()
+    padded = np.zeros((4, 16), np.int32)  # the prompts' bucket: the program generate compiled
+    hlo = _generate_jit.lower(model, configs[1], params, padded, padded + 1, jax.random.key(0)).compile().as_text()
     assert '"known_trip_count":{"n":"16"}' in hlo
 
 
