@@ -179,6 +179,10 @@ def decode_benchmark(size: str, repeats: int, mesh, param_dtype: Any, cast_param
     copy made once per call); without it every decode step converts the fp32 weights it reads.
     ``steps_per_check``: SamplingConfig.decode_steps_per_check (None: the sampler's default for the device)."""
     prompts, g, p, new = DECODE[size]
+    steps_per_check = steps_per_check or steps_per_check_for(mesh.devices.flat[0].platform)
+    if steps_per_check >= new:
+        raise ValueError(f"decode of size {size!r}: {steps_per_check} steps per stop check leave no steps to time "
+                         f"beyond the first check's in {new} new tokens; use fewer")
     config = model_config(size, param_dtype=param_dtype)
     model = build_model(config, mesh)
     params = init_params(model, jax.random.key(0), mesh)
@@ -196,7 +200,6 @@ def decode_benchmark(size: str, repeats: int, mesh, param_dtype: Any, cast_param
         result[n] = (first, t)
     rows = prompts * g
     # no EOS: the long call runs its new tokens rounded up to whole chunks of steps, the short one one chunk
-    steps_per_check = steps_per_check or steps_per_check_for(mesh.devices.flat[0].platform)
     steps = (-(-new // steps_per_check) - 1) * steps_per_check
     step = (result[new][1] - result[1][1]) / steps
     read_dtype = config.dtype if cast_params_once else param_dtype  # the weights each decode step reads
@@ -276,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
         variants = [parse_decode_variant(name) for name in names.split(",")]
     except ValueError as e:
         parser.error(f"--decode-variants: {e}")
+    for size in sizes:
+        if any(steps is not None and steps >= DECODE[size][3] for _, _, steps in variants):
+            parser.error(f"--decode-variants {names!r}: steps per stop check must be fewer than the "
+                         f"{DECODE[size][3]} new tokens of size {size!r}")
     device = jax.devices()[0]
     if device.platform == "cpu" and not args.allow_cpu:
         print("bench_gpu_roofline: no accelerator; skipped (pass --allow-cpu for a smoke run)")

@@ -83,7 +83,8 @@ def test_smoke_run_on_cpu_writes_its_report(bench, tmp_path, capsys):
                                            (["--update-micro-batches", "3"], "positive divisor of the 8 update rows"),
                                            (["--update-micro-batches", "two"], "comma-separated integers"),
                                            (["--decode-variants", "fp16"], "unknown weights 'fp16'"),
-                                           (["--decode-variants", "bf16:0"], "must be a positive integer")])
+                                           (["--decode-variants", "bf16:0"], "must be a positive integer"),
+                                           (["--decode-variants", "bf16:8"], "fewer than the 8 new tokens")])
 def test_bad_arguments_are_refused_before_anything_runs(bench, capsys, args, message):
     with pytest.raises(SystemExit):
         bench.main(["--sizes", "tiny", *args])  # without --allow-cpu: refused before the no-accelerator skip
