@@ -172,12 +172,14 @@ def update_benchmark(size: str, repeats: int, mesh, micro_batches: int | None = 
 
 
 def decode_benchmark(size: str, repeats: int, mesh, param_dtype: Any, cast_params_once: bool = True,
-                     steps_per_check: int | None = None) -> dict:
+                     steps_per_check: int | None = None, profile_dir: str | None = None) -> dict:
     """Seconds per decode step at batch prompts x G and the least bytes it must read.
 
     ``param_dtype`` float32 with ``cast_params_once`` is what the trainer samples with (fp32 masters, a bf16
     copy made once per call); without it every decode step converts the fp32 weights it reads.
-    ``steps_per_check``: SamplingConfig.decode_steps_per_check (None: the sampler's default for the device)."""
+    ``steps_per_check``: SamplingConfig.decode_steps_per_check (None: the sampler's default for the device).
+    ``profile_dir``: after timing, one more long call runs under ``jax.profiler.trace`` writing there (a
+    Perfetto trace, ``perfetto_trace.json.gz``, for benchmarks/trace_summary.py or ui.perfetto.dev)."""
     prompts, g, p, new = DECODE[size]
     steps_per_check = steps_per_check or steps_per_check_for(mesh.devices.flat[0].platform)
     if steps_per_check >= new:
@@ -198,6 +200,9 @@ def decode_benchmark(size: str, repeats: int, mesh, param_dtype: Any, cast_param
         first = time.perf_counter() - start
         t = statistics.median(timed(lambda: generate(model, params, ids, mask, key, sampling).tokens, repeats))
         result[n] = (first, t)
+    if profile_dir:
+        with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
+            jax.block_until_ready(generate(model, params, ids, mask, key, sampling).tokens)
     rows = prompts * g
     # no EOS: the long call runs its new tokens rounded up to whole chunks of steps, the short one one chunk
     steps = (-(-new // steps_per_check) - 1) * steps_per_check
@@ -257,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--update-micro-batches", default="",
                         help="comma-separated micro-batch counts to time the update with, each its own compile "
                              "(default: each size's own, e.g. 8 for 0.5b); each must divide the update's rows")
+    parser.add_argument("--profile", help="trace one more long call of each decode variant under "
+                                          "jax.profiler into PROFILE/<size>-<variant index>")
     parser.add_argument("--json", help="write the raw figures here")
     args = parser.parse_args(argv)
     sizes = args.sizes.split(",")
@@ -297,8 +304,9 @@ def main(argv: list[str] | None = None) -> int:
         for micro in micro_batches if "update" in parts else ():
             report["update"].append(update_benchmark(size, args.repeats, mesh, micro))
             print(json.dumps(report["update"][-1]), flush=True)
-        for dtype, cast, steps in variants if "decode" in parts else ():
-            report["decode"].append(decode_benchmark(size, args.repeats, mesh, dtype, cast, steps))
+        for i, (dtype, cast, steps) in enumerate(variants if "decode" in parts else ()):
+            profile = os.path.join(args.profile, f"{size}-{i}") if args.profile else None
+            report["decode"].append(decode_benchmark(size, args.repeats, mesh, dtype, cast, steps, profile))
             print(json.dumps(report["decode"][-1]), flush=True)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

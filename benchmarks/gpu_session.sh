@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks issue 8 still needs, as one prepared script for a lent GPU (docs/benchmarks.md, "On a GPU").
 #
-#     OUT=/tmp/gpu bash benchmarks/gpu_session.sh        # about 9 minutes on one H200 (the parts' limits: 9 min 20 s)
+#     OUT=/tmp/gpu bash benchmarks/gpu_session.sh        # about 9 minutes on one H200 (the parts' limits: 9 min 50 s)
 #
 # Each part has its own time limit, so one that hangs or runs long cannot eat the others' time; what a part
 # printed and the JSON it wrote land in $OUT (decode_*.json, update_*.json, gpu_session.log). Parts, in order
@@ -18,6 +18,9 @@
 #   4. the update of the 0.5B shape (MFU; issue 8 target >= 40%; 31% measured on 2026-11-28) with its 8
 #      micro-batches of 16 rows, and with 2 of 64 rows: at hidden 896 a 16-row micro-batch's matmuls may be
 #      too small to fill the GPU, and an H200 holds the larger one's activations.
+#   5. a jax.profiler trace of one 0.5B bf16 decode call ($OUT/decode_0p5b_trace.json.gz, Perfetto), to
+#      see where a step's time goes. Run the whole script under a 600 s limit: if the parts run long, this
+#      is the one cut.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:?set OUT to a directory for the results}"
@@ -40,8 +43,15 @@ part() {  # part SECONDS NAME [ENV=VALUE ...] -- ARGS...: one bench_gpu_roofline
 }
 
 part 150 decode_0p5b -- --sizes 0.5b --parts decode --decode-variants bf16:1,bf16:16,fp32-once:16 --repeats 3
-part 100 decode_0p5b_cuda_graph_loops XLA_FLAGS="--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL" -- \
+part 90 decode_0p5b_cuda_graph_loops XLA_FLAGS="--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL" -- \
     --sizes 0.5b --parts decode --decode-variants bf16:1,bf16:16 --repeats 3
-part 150 decode_1p5b -- --sizes 1.5b --parts decode --repeats 3
+part 130 decode_1p5b -- --sizes 1.5b --parts decode --repeats 3
 part 160 update_0p5b -- --sizes 0.5b --parts update --repeats 3 --update-micro-batches 8,2
+# last, as it is diagnosis rather than a figure: where a decode step's time goes (copied flat into $OUT, as
+# only files at most two folders down come back)
+part 60 decode_0p5b_profile -- --sizes 0.5b --parts decode --decode-variants bf16:16 --repeats 1 \
+    --profile "$OUT/trace_tmp"
+trace=$(find "$OUT/trace_tmp" -name perfetto_trace.json.gz 2>/dev/null | head -n 1)
+if [ -n "$trace" ]; then cp "$trace" "$OUT/decode_0p5b_trace.json.gz"; fi
+rm -rf "$OUT/trace_tmp"
 echo "== done $(date -u +%T)" | tee -a "$log"

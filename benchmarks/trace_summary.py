@@ -4,7 +4,7 @@
 
 TRACE_DIR is what ``jax.profiler.trace(TRACE_DIR, create_perfetto_trace=True)`` wrote (for instance
 ``benchmarks/peers/grpo_jax_step.py --profile TRACE_DIR``); the newest ``perfetto_trace.json.gz`` under it
-is read. On the CPU backend every executed XLA op (thunk) is a complete event whose args name its
+is read. A path to such a ``.json.gz`` file itself is read as it is (``gpu_session.sh`` copies one out). On the CPU backend every executed XLA op (thunk) is a complete event whose args name its
 ``hlo_module`` and ``hlo_op``; this prints, in milliseconds of wall time summed over all threads:
 
   1. each program (hlo_module): total op time, number of op events;
@@ -32,8 +32,9 @@ import re
 
 
 def load_events(trace_dir: str) -> list[dict]:
-    """The complete ('X') events of the newest Perfetto trace under ``trace_dir``."""
-    paths = glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True)
+    """The complete ('X') events of the newest Perfetto trace under ``trace_dir`` (or of that file)."""
+    paths = [trace_dir] if os.path.isfile(trace_dir) else glob.glob(
+        os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True)
     if not paths:
         raise SystemExit(f"trace_summary: no perfetto_trace.json.gz under {trace_dir!r} "
                          "(trace with jax.profiler.trace(..., create_perfetto_trace=True))")

@@ -60,7 +60,9 @@ def test_smoke_run_on_cpu_writes_its_report(bench, tmp_path, capsys):
     checked every 4 steps), whose byte counts must differ only by the weights each step reads."""
     out = tmp_path / "roofline.json"
     assert bench.main(["--sizes", "tiny", "--allow-cpu", "--repeats", "1", "--json", str(out),
-                       "--decode-variants", "bf16,fp32-once,fp32-every-step:4", "--update-micro-batches", "1"]) == 0
+                       "--decode-variants", "bf16,fp32-once,fp32-every-step:4", "--update-micro-batches", "1",
+                       "--profile", str(tmp_path / "trace")]) == 0
+    assert len(list((tmp_path / "trace").glob("tiny-*/**/perfetto_trace.json.gz"))) == 3  # one per decode variant
     report = json.loads(out.read_text())
     (update,), (bf16, cast_once, every_step) = report["update"], report["decode"]
     assert update["micro_batches"] == 1 and np.isfinite(update["loss"]) and update["step_s"] > 0

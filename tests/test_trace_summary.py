@@ -39,6 +39,9 @@ def test_ops_are_summed_per_program_and_ranked(tmp_path):
     assert "dot.3 |" not in table.split("| op |")[1]  # only the top 2 ops
     only = trace_summary.summarise(times, top=5, module="generate").split("| op |")[1]
     assert "dot.3" in only and "ynn_fusion" not in only
+    # the trace file itself, as gpu_session.sh copies it out
+    (file,) = tmp_path.glob("plugins/profile/*/perfetto_trace.json.gz")
+    assert trace_summary.op_times(trace_summary.load_events(str(file))) == times
 
 
 def test_ops_grouped_by_kind():
