@@ -4,8 +4,9 @@
 
 TRACE_DIR is what ``jax.profiler.trace(TRACE_DIR, create_perfetto_trace=True)`` wrote (for instance
 ``benchmarks/peers/grpo_jax_step.py --profile TRACE_DIR``); the newest ``perfetto_trace.json.gz`` under it
-is read. A path to such a ``.json.gz`` file itself is read as it is (``gpu_session.sh`` copies one out). On the CPU backend every executed XLA op (thunk) is a complete event whose args name its
-``hlo_module`` and ``hlo_op``; this prints, in milliseconds of wall time summed over all threads:
+is read; a path to such a ``.json.gz`` file is read as it is (``gpu_session.sh`` copies one out). On the
+CPU backend every executed XLA op (thunk) is a complete event whose args name its ``hlo_module`` and
+``hlo_op``; this prints, in milliseconds of wall time summed over all threads:
 
   1. each program (hlo_module): total op time, number of op events;
   2. the ``--top`` ops by total time (all programs, or those whose name contains ``--module``), with their

@@ -181,7 +181,8 @@ def test_mesh_gives_the_same_output_as_one_device(checkpoint, loaded, axes, gath
     np.testing.assert_allclose(np.asarray(sharded.logprobs), np.asarray(single.logprobs), atol=1e-5)
     if "fsdp" in axes:
         rules = sharded_model.mesh_rules
-        shape = (bucket_size(ids.shape[0], config.batch_buckets), bucket_size(ids.shape[1], config.prompt_length_buckets))
+        shape = (bucket_size(ids.shape[0], config.batch_buckets),
+                 bucket_size(ids.shape[1], config.prompt_length_buckets))
         padded = [global_rows(np.ones(shape, np.int32), logical_sharding(("batch", "length"), shape, rules.mesh,
                                                                          rules.rules)) for _ in range(2)]
         hlo = _generate_jit.lower(sharded_model, config, sharded_params, *padded, jax.random.key(9)).compile()
