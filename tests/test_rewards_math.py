@@ -1,6 +1,8 @@
 """grpo_jax.rewards.math: answer extraction, math-verify equivalence, timeouts in and out of the main thread."""
 
 import logging
+import subprocess
+import sys
 import threading
 import time
 
@@ -260,6 +262,34 @@ def test_a_swallowed_deadline_is_raised_again():
 
     assert run() == "ok"
     assert _in_thread(run) == "ok"
+
+
+UNDER_A_HOOK = """
+import sys, time
+from grpo_jax.rewards.math import _call_with_deadline, _DeadlineExceeded, math_reward
+sys.{hook}(lambda *args: None)
+def spin():
+    while True:
+        pass
+try:
+    _call_with_deadline(spin, 0.2)
+except _DeadlineExceeded:
+    print("timed out")
+print(_call_with_deadline(lambda: 7, 5))
+print(math_reward(["#### 7", "#### 8"], answer=["7", "7"]))
+time.sleep(0.3)
+print("done")
+"""
+
+
+@pytest.mark.parametrize("hook", ["settrace", "setprofile"])
+def test_deadlines_work_under_a_tracer_or_profiler(hook):
+    """pdb and coverage trace, cProfile profiles. Withdrawing a queued deadline exception (as this module once
+    did after every call) made the next function call under such a hook re-run its first instruction forever
+    on CPython 3.11; the child process would hang, and the 60 s limit fail the test."""
+    child = subprocess.run([sys.executable, "-c", UNDER_A_HOOK.format(hook=hook)], capture_output=True, text=True,
+                           timeout=60)
+    assert child.stdout.splitlines() == ["timed out", "7", "[1.0, 0.0]", "done"], child.stderr[-2000:]
 
 
 def test_math_reward_argument_errors():

@@ -163,8 +163,29 @@ class _DeadlineExceeded(BaseException):
     ``except Exception`` handlers let it through and one delivery ends the whole parse or verify."""
 
 
-def _set_async_exc(thread_id: int, exc: type[BaseException] | None) -> None:
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc else None)
+def _raise_in_thread(thread_id: int, exc: type[BaseException]) -> None:
+    """Queue ``exc`` to be raised in the thread ``thread_id`` at its next bytecode boundary.
+
+    Never called with None to withdraw a queued exception: on CPython 3.11 and 3.12 that leaves the
+    interpreter's "pending work" flag set with nothing to deliver, so from then on every function entry and
+    loop back-edge takes the slow path (about 10% on call-heavy Python), and under a tracer or profiler
+    (``sys.settrace``, pdb, coverage, cProfile) 3.11 re-runs the first instruction of the next function
+    called forever."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc))
+
+
+def _noop() -> None:
+    """A Python call: its entry is a point where CPython raises a queued asynchronous exception."""
+
+
+def _take_queued(exc: type[BaseException]) -> None:
+    """Raise and catch here an ``exc`` queued for this thread and not raised yet (nothing when none is)."""
+    try:
+        _noop()
+        for _ in range(2):  # a loop's back-edge is such a point too
+            pass
+    except exc:
+        pass
 
 
 REDELIVER_S = 0.05  # after the deadline, the watchdog raises again at this interval until the call has ended
@@ -176,16 +197,18 @@ def _call_with_deadline(fn: Callable[[], Any], seconds: float | None) -> Any:
     The watchdog raises in the caller's thread at the deadline and again every REDELIVER_S while the call
     lasts, so an exception swallowed on its way (by a gc callback, a ``__del__``, a bare ``except``) does not
     let the call run on. Nothing can be raised after this function has returned: the first statement of the
-    ``finally`` stores ``done`` (a store does not run pending async exceptions), the watchdog queues an exception
-    only under the lock and only while ``done`` is unset, and the ``finally`` clears a queued one under the
-    lock. An exception queued just before ``done`` was set may still surface inside the ``finally``, that is,
-    from this call.
+    ``finally`` stores ``done`` (a store does not run queued asynchronous exceptions), the watchdog queues an
+    exception only under the lock and only while ``done`` is unset, and once the ``finally`` has taken the
+    lock, an exception the watchdog queued and the thread has not raised yet is raised and caught in
+    ``_take_queued``. Such an exception may also surface a few bytecodes earlier inside the ``finally``, that
+    is, from this call, which was past its deadline.
     """
     if seconds is None:
         return fn()
     thread_id = threading.get_ident()
     lock = threading.Lock()
     done = [False]
+    queued = [False]
     cancelled = threading.Event()
 
     def watchdog() -> None:
@@ -194,7 +217,8 @@ def _call_with_deadline(fn: Callable[[], Any], seconds: float | None) -> Any:
             with lock:
                 if done[0]:
                     return
-                _set_async_exc(thread_id, _DeadlineExceeded)
+                _raise_in_thread(thread_id, _DeadlineExceeded)
+                queued[0] = True
             wait = REDELIVER_S
 
     timer = threading.Thread(target=watchdog, name="math_reward-deadline", daemon=True)
@@ -203,8 +227,10 @@ def _call_with_deadline(fn: Callable[[], Any], seconds: float | None) -> Any:
         return fn()
     finally:
         done[0] = True
-        with lock:
-            _set_async_exc(thread_id, None)
+        with lock:  # a watchdog that saw ``done`` unset has finished queuing
+            fired = queued[0]
+        if fired:
+            _take_queued(_DeadlineExceeded)
         cancelled.set()  # lets the watchdog thread end now rather than at its next wake-up
 
 
