@@ -210,7 +210,9 @@ def estimate(config: ModelConfig, mesh: str, accumulation: int = 1, workload: Wo
     kv = 2 * layers * cb * (per_device_elements(cache_axes, (w.prompts, k, w.prompt_len, dh), axes)
                             + per_device_elements(cache_axes, (w.rows, k, w.completion_len, dh), axes))
     prefill_logits = per_device_elements(("batch", "vocab"), (w.prompts, v), axes) * 4  # the last position only
-    decode_logits = 4 * per_device_elements(("batch", "vocab"), (w.rows, v), axes) * 4  # logits, scaled, log-softmax, cdf
+    # XLA's buffer assignment of the sampler (CPU, vocabulary 151,936, 256 rows) holds two [rows, V] fp32
+    # arrays at temperature 1 and three otherwise (the logits divided by it): count three
+    decode_logits = 3 * per_device_elements(("batch", "vocab"), (w.rows, v), axes) * 4
     sampler_temps = max(prefill_logits, decode_logits)
     # grpo.cast_params_once: the parameters converted to the compute dtype once per rollout, sharded like them;
     # grpo.gather_params_once: on an FSDP mesh that copy (or the masters, uncast) is gathered whole once per

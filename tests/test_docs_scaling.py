@@ -104,3 +104,27 @@ def test_estimate_terms(table, name):
     assert n < table.estimate(config, "fsdp:4,tensor:2", 2, w, layout).sampling_params < 1.001 * 2 * n / 2
     bf16_params = table.dataclasses.replace(kept, param_bytes=2, moment_bytes=4, reference_bytes=2)
     assert table.estimate(config, "fsdp:8", 2, bf16_params, layout).sampling_params == 0  # nothing to convert
+
+
+@pytest.mark.parametrize("temperature, arrays", [(1.0, 2), (0.7, 3)])
+def test_decode_logit_term_covers_the_samplers_buffers(table, temperature, arrays):
+    """The table counts three [rows, V] fp32 arrays for a decode step's sampling. XLA's buffer assignment of the
+    sampler (a one-layer model, so the logits dominate) holds two at temperature 1 and three otherwise."""
+    import jax.numpy as jnp
+
+    from grpo_jax.sampling import SamplingConfig, _generate_jit
+
+    vocab, prompts, g = 32768, 8, 8
+    config = ModelConfig(model_type="qwen2", vocab_size=vocab, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                         tie_word_embeddings=True)
+    model = build_model(config)
+    sampling = SamplingConfig(num_generations=g, max_new_tokens=4, temperature=temperature, eos_token_ids=(1,),
+                              pad_token_id=0, decode_steps_per_check=1)
+    ids = jax.ShapeDtypeStruct((prompts, 8), jnp.int32)
+    compiled = _generate_jit.lower(model, sampling, param_shapes(model), ids, ids, jax.random.key(0)).compile()
+    one_array = prompts * g * vocab * 4
+    temp = compiled.memory_analysis().temp_size_in_bytes
+    assert arrays * one_array <= temp < (arrays + 0.1) * one_array
+    w = table.dataclasses.replace(table.WORKLOAD, prompts=prompts, group=g)
+    assert table.estimate(config, "data:1", 1, w).sampler_temps == 3 * one_array
