@@ -166,26 +166,16 @@ class _DeadlineExceeded(BaseException):
 def _raise_in_thread(thread_id: int, exc: type[BaseException]) -> None:
     """Queue ``exc`` to be raised in the thread ``thread_id`` at its next bytecode boundary.
 
-    Never called with None to withdraw a queued exception: on CPython 3.11 and 3.12 that leaves the
-    interpreter's "pending work" flag set with nothing to deliver, so from then on every function entry and
-    loop back-edge takes the slow path (about 10% on call-heavy Python), and under a tracer or profiler
-    (``sys.settrace``, pdb, coverage, cProfile) 3.11 re-runs the first instruction of the next function
-    called forever."""
+    Never called with None to withdraw a queued exception: on CPython 3.11 that leaves the interpreter's
+    "pending work" flag set with nothing to deliver, so from then on every function entry and loop back-edge
+    takes the slow path (measured: about 10% on call-heavy Python), and under a tracer or profiler
+    (``sys.settrace``: pdb, coverage; ``sys.setprofile``: cProfile) the next function called re-runs its
+    first instruction forever."""
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc))
 
 
 def _noop() -> None:
     """A Python call: its entry is a point where CPython raises a queued asynchronous exception."""
-
-
-def _take_queued(exc: type[BaseException]) -> None:
-    """Raise and catch here an ``exc`` queued for this thread and not raised yet (nothing when none is)."""
-    try:
-        _noop()
-        for _ in range(2):  # a loop's back-edge is such a point too
-            pass
-    except exc:
-        pass
 
 
 REDELIVER_S = 0.05  # after the deadline, the watchdog raises again at this interval until the call has ended
@@ -199,16 +189,14 @@ def _call_with_deadline(fn: Callable[[], Any], seconds: float | None) -> Any:
     let the call run on. Nothing can be raised after this function has returned: the first statement of the
     ``finally`` stores ``done`` (a store does not run queued asynchronous exceptions), the watchdog queues an
     exception only under the lock and only while ``done`` is unset, and once the ``finally`` has taken the
-    lock, an exception the watchdog queued and the thread has not raised yet is raised and caught in
-    ``_take_queued``. Such an exception may also surface a few bytecodes earlier inside the ``finally``, that
-    is, from this call, which was past its deadline.
+    lock, an exception queued before and not raised yet (a re-delivery that landed while the first one
+    unwound) is raised at the next function entry, ``_noop``'s, inside a ``try`` that catches it.
     """
     if seconds is None:
         return fn()
     thread_id = threading.get_ident()
     lock = threading.Lock()
     done = [False]
-    queued = [False]
     cancelled = threading.Event()
 
     def watchdog() -> None:
@@ -218,7 +206,6 @@ def _call_with_deadline(fn: Callable[[], Any], seconds: float | None) -> Any:
                 if done[0]:
                     return
                 _raise_in_thread(thread_id, _DeadlineExceeded)
-                queued[0] = True
             wait = REDELIVER_S
 
     timer = threading.Thread(target=watchdog, name="math_reward-deadline", daemon=True)
@@ -227,10 +214,12 @@ def _call_with_deadline(fn: Callable[[], Any], seconds: float | None) -> Any:
         return fn()
     finally:
         done[0] = True
-        with lock:  # a watchdog that saw ``done`` unset has finished queuing
-            fired = queued[0]
-        if fired:
-            _take_queued(_DeadlineExceeded)
+        try:
+            with lock:  # a watchdog that saw ``done`` unset has finished queuing
+                pass
+            _noop()
+        except _DeadlineExceeded:
+            pass
         cancelled.set()  # lets the watchdog thread end now rather than at its next wake-up
 
 
