@@ -94,6 +94,48 @@ def test_slow_code_fails_the_time_limit():
     assert _score(loop + "\nprint(fib(int(input())))", io, timeout_s=1.0) == 1.0
 
 
+def test_check_programs_see_the_candidates_exception_type_and_its_time_limit():
+    """A check that expects ValueError gets ValueError (built-in exception types cross by name); a check's own
+    ``except Exception`` around such a call does not swallow a time-out and count the test passed."""
+    check = ("def check(candidate):\n    assert candidate(4) == 2\n    try:\n        candidate(-1)\n"
+             "        assert False, 'should have raised'\n    except Exception:\n        pass\n")
+    raises = "def isqrt(n):\n    if n < 0:\n        raise ValueError(n)\n    return int(n ** 0.5)"
+    hangs = "def isqrt(n):\n    while n < 0:\n        pass\n    return int(n ** 0.5)"
+    assert _score(raises, check, "isqrt", timeout_s=1.0) == 1.0
+    assert _score(hangs, check, "isqrt", timeout_s=1.0) == 0.5
+    expects = ("def check(candidate):\n    assert candidate(4) == 2\n    try:\n        candidate(-1)\n"
+               "        assert False\n    except ValueError:\n        pass\n")
+    assert _score(raises, expects, "isqrt") == 1.0
+    assert _score(raises.replace("ValueError(n)", "TypeError(n)"), expects, "isqrt") == 0.5
+
+
+def test_output_past_the_cap_fails_the_case():
+    """Only the first 2 x len(expected) + 1024 bytes of a case's output come back; a longer output fails rather
+    than being judged on its start (here the right answer, then padding and a wrong one)."""
+    padded = "a, b = map(int, input().split())\nprint(a + b)\nprint(' ' * 4000 + 'WRONG')"
+    assert _score(padded, ADD_IO) == 0.0
+    assert _score(padded.replace("' ' * 4000", "' ' * 10"), ADD_IO) == 0.0  # the control: judged in full
+    assert _score("a, b = map(int, input().split())\nprint(a + b)", ADD_IO) == 1.0
+
+
+def test_scores_with_many_descriptors_open():
+    """A long-lived trainer may hold over 1,024 file descriptors; select.select would refuse the pipe's."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1300:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} is below 1300")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1300), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        assert max(held) >= 1024
+        assert _score("def add(a, b):\n    return a + b", ADD_CHECK) == 1.0
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 # ---- adversarial suite -------------------------------------------------------------------------------------
 
 

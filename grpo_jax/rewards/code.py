@@ -53,7 +53,9 @@ for case in job["inputs"]:
     try:
         done = subprocess.run([sys.executable, "-I", "-S", "prog.py"], input=case.encode(), capture_output=True,
                               timeout=job["timeout_s"])
-        results.append({"stdout": done.stdout[:job["max_case_output"]].decode("utf-8", "replace"), "ok": True})
+        out = done.stdout  # past the cap the case fails: nothing after the cap is seen, so it cannot count
+        results.append({"stdout": out[:job["max_case_output"]].decode("utf-8", "replace"),
+                        "ok": len(out) <= job["max_case_output"]})
     except subprocess.TimeoutExpired:
         results.append({"stdout": "", "ok": False})
 sys.stdout.write(json.dumps(results))
@@ -109,8 +111,20 @@ for line in proto_in:
 """
 
 
-class CandidateTimeout(Exception):
-    """A call of the sandboxed candidate ran past its time limit."""
+class CandidateTimeout(BaseException):
+    """A call of the sandboxed candidate ran past its time limit. A BaseException, so that a check's own
+    ``except Exception`` (around a call it expects to raise) does not swallow it and count the test passed."""
+
+
+def _candidate_error(name: Any) -> Exception:
+    """The exception a candidate call raises when the candidate raised ``name`` in the sandbox: that built-in
+    exception class (a check may expect ``ValueError``), else RuntimeError. Only the name crosses over."""
+    import builtins
+
+    cls = getattr(builtins, name, None) if isinstance(name, str) else None
+    if not (isinstance(cls, type) and issubclass(cls, Exception)):
+        cls = RuntimeError
+    return cls(f"candidate raised {name if isinstance(name, str) else '?'}")
 
 
 class _Candidate:
@@ -123,9 +137,11 @@ class _Candidate:
     def _readline(self) -> bytes:
         deadline = time.monotonic() + self._timeout_s
         fd = self._proc.stdout.fileno()
+        poller = select.poll()  # select.select refuses descriptors >= 1024, common in a long-lived trainer
+        poller.register(fd, select.POLLIN)
         while b"\n" not in self._buffer:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
+            if left <= 0 or not poller.poll(left * 1000):
                 raise CandidateTimeout(f"candidate call took longer than {self._timeout_s} s")
             import os
 
@@ -153,7 +169,7 @@ class _Candidate:
             raise CandidateTimeout(f"the candidate process failed: {e}") from e
         if isinstance(reply, dict) and "ok" in reply:
             return wire.decode(reply["ok"])
-        raise RuntimeError(f"candidate raised {reply.get('error', '?') if isinstance(reply, dict) else '?'}")
+        raise _candidate_error(reply.get("error") if isinstance(reply, dict) else None)
 
 
 def split_check(check_program: str) -> tuple[ast.Module, int]:
