@@ -359,7 +359,10 @@ def _generate_program(model: Transformer, config: SamplingConfig, params, prompt
     state = (
         jnp.int32(0), last_logits,
         jnp.full((n, total), config.pad_token_id, jnp.int32), jnp.zeros((n, total), jnp.int32),
-        jnp.zeros((n, total), jnp.float32), jnp.zeros((n, total), jnp.float32), jnp.zeros((n,), bool),
+        jnp.zeros((n, total), jnp.float32), jnp.zeros((n, total), jnp.float32),
+        # rows of bucket padding (no prompt token: generate() refuses such a real row) are done from the
+        # start; otherwise they decode freely and, rarely drawing a stop token, keep the loop to its end
+        rows(jnp.repeat(~jnp.any(prompt_mask.astype(bool), axis=1), g), ("batch",)),
         cache, kv_mask, key,
     )
     for k, end in enumerate(ends):
@@ -393,13 +396,20 @@ def _platform(model: Transformer, params) -> str:
     return next(iter(leaf.devices())).platform if isinstance(leaf, jax.Array) else jax.default_backend()
 
 
-def _check_prompts(prompt_ids, prompt_mask) -> None:
+def _check_prompts(prompt_ids, prompt_mask, vocab_size: int, pad_token_id: int) -> None:
     fn = "generate"
+    if pad_token_id >= vocab_size:
+        raise ValueError(f"generate: `pad_token_id` {pad_token_id} is not a token id of the model (vocab_size="
+                         f"{vocab_size}); its embedding would be NaN and spread to every row")
     v.require_rank(fn, "prompt_ids", prompt_ids, (2,), "[B, P] left-padded prompt token ids")
     v.require_integer(fn, "prompt_ids", prompt_ids)
     v.require_same_shape(fn, "prompt_mask", prompt_mask, "prompt_ids", prompt_ids)
     if v.shape_of(prompt_ids)[0] == 0 or v.shape_of(prompt_ids)[1] == 0:
         raise ValueError(f"generate: `prompt_ids` is empty, shape {v.shape_of(prompt_ids)}")
+    ids = np.asarray(jax.device_get(prompt_ids))
+    if ids.min() < 0 or ids.max() >= vocab_size:
+        raise ValueError(f"generate: `prompt_ids` must lie in [0, vocab_size={vocab_size}), got values in "
+                         f"[{ids.min()}, {ids.max()}] (an out-of-range id's embedding is NaN, padding included)")
     mask = np.asarray(jax.device_get(prompt_mask)).astype(bool)
     empty = np.flatnonzero(~mask.any(axis=1))
     if empty.size:
@@ -433,7 +443,7 @@ def generate(
     """
     if not isinstance(config, SamplingConfig):
         raise TypeError(f"generate: `config` must be a SamplingConfig, got {type(config).__name__}")
-    _check_prompts(prompt_ids, prompt_mask)
+    _check_prompts(prompt_ids, prompt_mask, model.config.vocab_size, config.pad_token_id)
     if config.decode_steps_per_check is None:
         config = dataclasses.replace(config, decode_steps_per_check=steps_per_check_for(_platform(model, params)))
     b, p = v.shape_of(prompt_ids)

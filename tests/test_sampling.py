@@ -129,6 +129,32 @@ def test_eos_ends_a_completion_and_is_kept(loaded):
     assert int(early.decode_steps) == 1 and np.asarray(early.mask)[:, 1:].sum() == 0
 
 
+def test_rows_of_bucket_padding_do_not_keep_the_loop_running(loaded):
+    """3 prompts run as a bucket of 4 rows. Greedy decoding, with each real row's first token a stop token: the
+    loop ends after one step. The padding row has no prompt; had it decoded, it would not have stopped."""
+    model, params = loaded
+    ids, mask = _prompts(3)
+    config = SamplingConfig(num_generations=2, max_new_tokens=12, greedy=True, batch_buckets=(4,),
+                            decode_steps_per_check=1)
+    first = np.asarray(generate(model, params, ids, mask, jax.random.key(0), config).tokens)[:, 0]
+    stopping = dataclasses.replace(config, eos_token_ids=tuple(int(t) for t in set(first)))
+    early = generate(model, params, ids, mask, jax.random.key(0), stopping)
+    assert int(early.decode_steps) == 1 and np.asarray(early.finished).all()
+    np.testing.assert_array_equal(np.asarray(early.tokens)[:, 0], first)
+
+
+def test_token_ids_outside_the_vocabulary_are_refused(loaded):
+    """Under jit an out-of-range id embeds as NaN, and the NaN reaches every row through the masked slots."""
+    model, params = loaded
+    ids, mask = _prompts(3)
+    with pytest.raises(ValueError, match=rf"`pad_token_id` {VOCAB} is not a token id of the model"):
+        generate(model, params, ids, mask, jax.random.key(0), SamplingConfig(pad_token_id=VOCAB))
+    bad = np.asarray(ids).copy()
+    bad[0, 0] = VOCAB + 3  # a padding position: still embedded
+    with pytest.raises(ValueError, match=rf"must lie in \[0, vocab_size={VOCAB}\), got values in \[0, {VOCAB + 3}\]"):
+        generate(model, params, bad, mask, jax.random.key(0), SamplingConfig())
+
+
 def test_top_k_one_equals_greedy_and_keys_are_deterministic(loaded):
     model, params = loaded
     ids, mask = _prompts(4)
