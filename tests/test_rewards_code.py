@@ -109,6 +109,31 @@ def test_check_programs_see_the_candidates_exception_type_and_its_time_limit():
     assert _score(raises.replace("ValueError(n)", "TypeError(n)"), expects, "isqrt") == 0.5
 
 
+def test_asserts_in_a_helper_count_as_one_test():
+    """EvalPlus's checks call a module-level ``assertion`` helper: nothing in ``check`` is counted, so the whole
+    check is one test, passed by returning."""
+    check = ("def assertion(out, exp, atol):\n    assert out == exp\n\n"
+             "def check(candidate):\n    for inp, exp in zip([[2, 3], [-1, 1]], [5, 0]):\n"
+             "        assertion(candidate(*inp), exp, 0)\n")
+    assert _score("def add(a, b):\n    return a + b", check) == 1.0
+    assert _score("def add(a, b):\n    return 5", check) == 0.0
+
+
+def test_work_left_running_by_a_case_dies_with_it():
+    """A stdin/stdout case that forks a detached worker (new session, closed pipes) to finish slow work after the
+    case's time limit, for later cases to read from a file: the worker is killed with the case, so nothing
+    passes (it earned half of the cases before)."""
+    cheat = ("import os, time\nn = int(input())\nif os.path.exists('table'):\n    print(2 * n)\n"
+             "elif not os.path.exists('started'):\n    open('started', 'w').close()\n    if os.fork() == 0:\n"
+             "        os.setsid()\n        null = os.open(os.devnull, os.O_RDWR)\n"
+             "        for fd in (0, 1, 2):\n            os.dup2(null, fd)\n"
+             "        time.sleep(1.0)\n        open('table', 'w').close()\n        os._exit(0)\n"
+             "    time.sleep(60)\nelse:\n    time.sleep(60)\n")
+    cases = [{"input": f"{k}\n", "output": f"{2 * k}\n"} for k in range(1, 5)]
+    assert _score(cheat, cases, timeout_s=0.5) == 0.0
+    assert _score("print(2 * int(input()))", cases, timeout_s=0.5) == 1.0
+
+
 def test_output_past_the_cap_fails_the_case():
     """Only the first 2 x len(expected) + 1024 bytes of a case's output come back; a longer output fails rather
     than being judged on its start (here the right answer, then padding and a wrong one)."""
