@@ -270,6 +270,20 @@ def test_batch_runs_in_parallel_within_a_bound():
     assert time.monotonic() - start < 15  # seven 1 s timeouts in parallel, not in sequence
 
 
+def test_batch_timeout_bounds_the_batch():
+    """At ``batch_timeout_s`` the sandboxes still running are killed: the batch ends then, not when their own
+    limits would end them (5 s per call here; 6 cases of 1 s in a row)."""
+    loop = "```python\nwhile True:\n    pass\n```"
+    add = "```python\ndef add(a, b):\n    return a + b\n```"
+    start = time.monotonic()
+    rewards = code_reward([loop, loop, add], tests=[ADD_CHECK] * 3, entry_point=["add"] * 3, timeout_s=5.0,
+                          batch_timeout_s=1.5)
+    assert rewards == [0.0, 0.0, 1.0] and time.monotonic() - start < 4.0
+    start = time.monotonic()
+    assert code_reward([loop], tests=[ADD_IO * 3], timeout_s=1.0, batch_timeout_s=1.0) == [0.0]
+    assert time.monotonic() - start < 3.0
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="unknown mode='best'"):
         code_reward(["x"], tests=[ADD_IO], mode="best")

@@ -22,6 +22,7 @@ import inspect
 import json
 import re
 import select
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -88,14 +89,15 @@ def _normalise(text: str) -> str:
     return "\n".join(line.rstrip() for line in text.strip().splitlines())
 
 
-def _run_io_cases(program: str, cases: Sequence[dict], timeout_s: float, limits: SandboxLimits) -> tuple[int, int]:
+def _run_io_cases(program: str, cases: Sequence[dict], timeout_s: float, limits: SandboxLimits,
+                  cancel: threading.Event | None = None) -> tuple[int, int]:
     inputs = [str(c["input"]) for c in cases]
     expected = [_normalise(str(c["output"])) for c in cases]
     job = {"program": program, "inputs": inputs, "timeout_s": timeout_s,
            "max_case_output": max(len(e) for e in expected) * 2 + 1024}
     budget = SandboxLimits(**{**limits.__dict__, "wall_s": limits.wall_s + timeout_s * len(cases),
                               "cpu_s": int(limits.cpu_s + timeout_s * len(cases)) + 1})
-    result = run_python(["-c", _IO_RUNNER], json.dumps(job).encode(), budget)
+    result = run_python(["-c", _IO_RUNNER], json.dumps(job).encode(), budget, cancel)
     try:
         outputs = json.loads(result.stdout.decode("utf-8", "replace"))
         got = [_normalise(o["stdout"]) if o.get("ok") is True else None for o in outputs]
@@ -220,13 +222,13 @@ def split_check(check_program: str) -> tuple[ast.Module, int]:
 
 
 def _run_check(program: str, check_program: str, entry_point: str, setup: str, timeout_s: float,
-               limits: SandboxLimits) -> tuple[int, int]:
+               limits: SandboxLimits, cancel: threading.Event | None = None) -> tuple[int, int]:
     tree, total = split_check(check_program)
     results: list[bool] = []
     namespace: dict[str, Any] = {"__name__": "__check__", "__results": results,
                                  "__CandidateTimeout": CandidateTimeout}
     server = _SERVER.replace("WIRE_SOURCE", repr(inspect.getsource(wire)))
-    with open_python(["-c", server], limits) as proc:
+    with open_python(["-c", server], limits, cancel) as proc:
         candidate = _Candidate(proc, timeout_s)
         proc.stdin.write(json.dumps({"program": program, "entry_point": entry_point}).encode() + b"\n")
         proc.stdin.flush()
@@ -294,21 +296,27 @@ def code_reward(
         if isinstance(tests[i], str):
             if not entry_point[i]:
                 raise ValueError(f"code_reward: completion {i} has a check program but no entry_point")
-            passed, total = _run_check(program, tests[i], entry_point[i], test_setup[i] or "", timeout_s, limits)
+            passed, total = _run_check(program, tests[i], entry_point[i], test_setup[i] or "", timeout_s, limits,
+                                       cancel)
         else:
             if not tests[i]:
                 raise ValueError(f"code_reward: completion {i} has an empty list of test cases")
-            passed, total = _run_io_cases(program, tests[i], timeout_s, limits)
+            passed, total = _run_io_cases(program, tests[i], timeout_s, limits, cancel)
         return passed / total if mode == "fraction" else float(passed == total)
 
     scores = np.zeros(n, np.float32)
     deadline = None if batch_timeout_s is None else time.monotonic() + batch_timeout_s
-    with ThreadPoolExecutor(max_workers=max(1, min(max_workers, n))) as pool:
+    cancel = threading.Event()  # set at the batch's deadline: the sandboxes still running are killed
+    pool = ThreadPoolExecutor(max_workers=max(1, min(max_workers, n)))
+    try:
         futures = [pool.submit(one, i) for i in range(n)]
         for i, future in enumerate(futures):
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 scores[i] = future.result(timeout=left)
             except TimeoutError:
-                future.cancel()  # running ones end at their own wall-time limit
+                cancel.set()  # this one and every later one unfinished score 0
+    finally:
+        cancel.set()
+        pool.shutdown(wait=True, cancel_futures=True)  # the killed ones end within the sandbox's poll
     return scores.tolist()

@@ -207,12 +207,31 @@ def _read_bounded(stream, cap: int, sink: list, overflow: threading.Event, on_ov
     stream.close()
 
 
-def run_python(argv: list[str], stdin: bytes, limits: SandboxLimits = SandboxLimits()) -> SandboxResult:
+CANCEL_POLL_S = 0.05  # how often a run given a ``cancel`` event looks at it
+
+
+def _kill_on_cancel(cancel: threading.Event | None, finished: threading.Event, kill) -> None:
+    """Kill the sandbox when ``cancel`` is set before ``finished`` (in a thread of its own)."""
+    if cancel is None:
+        return
+
+    def watch() -> None:
+        while not finished.wait(CANCEL_POLL_S):
+            if cancel.is_set():
+                kill()
+                return
+
+    threading.Thread(target=watch, name="sandbox-cancel", daemon=True).start()
+
+
+def run_python(argv: list[str], stdin: bytes, limits: SandboxLimits = SandboxLimits(),
+               cancel: threading.Event | None = None) -> SandboxResult:
     """Run ``python3 -I -S *argv`` in the sandbox with ``stdin``; return its (bounded) output.
 
     ``argv`` is typically ``["-c", trusted_bootstrap_source]``; the untrusted code reaches the bootstrap
     through ``stdin``. The wall-time limit covers the whole run; at the limit, or when stdout exceeds
-    ``max_output_bytes``, the process group is killed.
+    ``max_output_bytes``, or within CANCEL_POLL_S of ``cancel`` being set, the process group is killed
+    (a cancelled run reports ``timed_out``).
     """
     mode = isolation()
     with _SLOTS.take() as slot:
@@ -232,6 +251,8 @@ def run_python(argv: list[str], stdin: bytes, limits: SandboxLimits = SandboxLim
             proc.stdin.close()
         except (BrokenPipeError, OSError):
             pass
+        finished = threading.Event()
+        _kill_on_cancel(cancel, finished, kill)
         timed_out = False
         try:
             proc.wait(timeout=limits.wall_s)
@@ -239,6 +260,8 @@ def run_python(argv: list[str], stdin: bytes, limits: SandboxLimits = SandboxLim
             timed_out = True
             kill()
             proc.wait()
+        finished.set()
+        timed_out = timed_out or (cancel is not None and cancel.is_set())
         kill()  # anything it left behind in its group
         for r in readers:
             r.join(timeout=5)
@@ -247,9 +270,11 @@ def run_python(argv: list[str], stdin: bytes, limits: SandboxLimits = SandboxLim
 
 
 @contextmanager
-def open_python(argv: list[str], limits: SandboxLimits = SandboxLimits()) -> Iterator[subprocess.Popen]:
+def open_python(argv: list[str], limits: SandboxLimits = SandboxLimits(),
+                cancel: threading.Event | None = None) -> Iterator[subprocess.Popen]:
     """An interactive sandboxed ``python3 -I -S *argv`` (binary stdin/stdout pipes) for request/response
-    protocols. The whole process group is killed when the block exits or ``limits.wall_s`` passes."""
+    protocols. The whole process group is killed when the block exits, when ``limits.wall_s`` passes, or
+    within CANCEL_POLL_S of ``cancel`` being set."""
     mode = isolation()
     with _SLOTS.take() as slot:
         proc = _popen(_command(_python_for_unprivileged(), argv, slot, mode), limits, subprocess.DEVNULL)
@@ -259,9 +284,12 @@ def open_python(argv: list[str], limits: SandboxLimits = SandboxLimits()) -> Ite
         timer = threading.Timer(limits.wall_s, kill)
         timer.daemon = True
         timer.start()
+        finished = threading.Event()
+        _kill_on_cancel(cancel, finished, kill)
         try:
             yield proc
         finally:
+            finished.set()
             timer.cancel()
             kill()
             for stream in (proc.stdin, proc.stdout):
