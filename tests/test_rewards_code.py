@@ -270,6 +270,17 @@ def test_batch_runs_in_parallel_within_a_bound():
     assert time.monotonic() - start < 15  # seven 1 s timeouts in parallel, not in sequence
 
 
+def test_sending_large_arguments_counts_against_the_time_limit():
+    """A call's time limit covers writing its arguments: while the server is busy (here 2 s of top-level work)
+    a 300 KB argument fills the pipe, and the write used to wait untimed, so the slow program passed."""
+    slow = "import time\ntime.sleep(2)\ndef total(xs):\n    return sum(xs)"
+    big = "def check(candidate):\n    assert candidate([1] * 100000) == 100000\n"
+    start = time.monotonic()
+    assert _score(slow, big, "total", timeout_s=1.0) == 0.0
+    assert time.monotonic() - start < 1.9
+    assert _score(slow.replace("time.sleep(2)", "pass"), big, "total", timeout_s=1.0) == 1.0
+
+
 def test_batch_timeout_bounds_the_batch():
     """At ``batch_timeout_s`` the sandboxes still running are killed: the batch ends then, not when their own
     limits would end them (5 s per call here; 6 cases of 1 s in a row)."""

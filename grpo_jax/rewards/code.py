@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import inspect
 import json
+import os
 import re
 import select
 import threading
@@ -152,23 +153,36 @@ def _candidate_error(name: Any) -> Exception:
 
 
 class _Candidate:
-    """Callable proxy: arguments go into the sandbox, plain data comes back."""
+    """Callable proxy: arguments go into the sandbox, plain data comes back. Each call has ``timeout_s`` for
+    sending its arguments and receiving the reply together (the pipe's write blocks while the server is busy
+    and its buffer is full, so the write is timed too)."""
 
     def __init__(self, proc, timeout_s: float) -> None:
         self._proc, self._timeout_s, self.dead = proc, timeout_s, False
         self._buffer = b""
 
-    def _readline(self) -> bytes:
-        deadline = time.monotonic() + self._timeout_s
-        fd = self._proc.stdout.fileno()
+    def _wait(self, fd: int, event: int, deadline: float) -> None:
         poller = select.poll()  # select.select refuses descriptors >= 1024, common in a long-lived trainer
-        poller.register(fd, select.POLLIN)
-        while b"\n" not in self._buffer:
-            left = deadline - time.monotonic()
-            if left <= 0 or not poller.poll(left * 1000):
-                raise CandidateTimeout(f"candidate call took longer than {self._timeout_s} s")
-            import os
+        poller.register(fd, event)
+        left = deadline - time.monotonic()
+        if left <= 0 or not poller.poll(left * 1000):
+            raise CandidateTimeout(f"candidate call took longer than {self._timeout_s} s")
 
+    def _send(self, data: bytes, deadline: float) -> None:
+        fd = self._proc.stdin.fileno()
+        os.set_blocking(fd, False)
+        view = memoryview(data)
+        while view:
+            self._wait(fd, select.POLLOUT, deadline)
+            try:
+                view = view[os.write(fd, view):]
+            except BlockingIOError:
+                pass
+
+    def _readline(self, deadline: float) -> bytes:
+        fd = self._proc.stdout.fileno()
+        while b"\n" not in self._buffer:
+            self._wait(fd, select.POLLIN, deadline)
             chunk = os.read(fd, 1 << 16)
             if not chunk:
                 raise CandidateTimeout("the candidate process ended")
@@ -178,13 +192,22 @@ class _Candidate:
         line, self._buffer = self._buffer.split(b"\n", 1)
         return line
 
+    def start(self, program: str, entry_point: str) -> None:
+        """Send the program, the first line the server reads; if that fails in ``timeout_s``, every call fails."""
+        job = json.dumps({"program": program, "entry_point": entry_point}).encode() + b"\n"
+        try:
+            self._send(job, time.monotonic() + self._timeout_s)
+        except (CandidateTimeout, OSError):
+            self.dead = True
+
     def __call__(self, *args):
         if self.dead:
             raise CandidateTimeout("the candidate timed out earlier")
+        request = wire.dumps(list(args)).encode() + b"\n"
+        deadline = time.monotonic() + self._timeout_s
         try:
-            self._proc.stdin.write(wire.dumps(list(args)).encode() + b"\n")
-            self._proc.stdin.flush()
-            reply = json.loads(self._readline())
+            self._send(request, deadline)
+            reply = json.loads(self._readline(deadline))
         except CandidateTimeout:
             self.dead = True
             raise
@@ -230,8 +253,7 @@ def _run_check(program: str, check_program: str, entry_point: str, setup: str, t
     server = _SERVER.replace("WIRE_SOURCE", repr(inspect.getsource(wire)))
     with open_python(["-c", server], limits, cancel) as proc:
         candidate = _Candidate(proc, timeout_s)
-        proc.stdin.write(json.dumps({"program": program, "entry_point": entry_point}).encode() + b"\n")
-        proc.stdin.flush()
+        candidate.start(program, entry_point)
         try:
             if setup:
                 exec(compile(setup, "setup.py", "exec"), namespace)  # trusted task code (e.g. the prompt)

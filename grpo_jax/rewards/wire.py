@@ -18,7 +18,8 @@ def encode(value, depth=0):
     if value is None or isinstance(value, (bool, str)):
         return value
     if isinstance(value, int):
-        return value if abs(value) < 2**53 else {"i": str(value)}
+        # hexadecimal: decimal str() and int() refuse more than 4,300 digits (and take quadratic time)
+        return value if abs(value) < 2**53 else {"h": hex(value)}
     if isinstance(value, float):
         return {"f": repr(value)}
     if isinstance(value, complex):
@@ -46,8 +47,8 @@ def decode(data, depth=0):
         return [decode(v, depth + 1) for v in data]
     if isinstance(data, dict) and len(data) == 1:
         (tag, body), = data.items()
-        if tag == "i" and isinstance(body, str):
-            return int(body)
+        if tag == "h" and isinstance(body, str):
+            return int(body, 16)
         if tag == "f" and isinstance(body, str):
             return float(body)
         if tag == "c" and isinstance(body, list) and len(body) == 2:
