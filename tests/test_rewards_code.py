@@ -134,6 +134,13 @@ def test_work_left_running_by_a_case_dies_with_it():
     assert _score("print(2 * int(input()))", cases, timeout_s=0.5) == 1.0
 
 
+def test_many_cases_with_long_outputs():
+    """The runner reports every case's output in one message: 10 cases of 109 KB each (2.2 MB escaped) no longer
+    overflow the sandbox's 1 MiB stdout limit and score 0."""
+    case = {"input": "20000\n", "output": "\n".join(map(str, range(1, 20001))) + "\n"}
+    assert _score("print('\\n'.join(map(str, range(1, int(input()) + 1))))", [case] * 10, timeout_s=2.0) == 1.0
+
+
 def test_output_past_the_cap_fails_the_case():
     """Only the first 2 x len(expected) + 1024 bytes of a case's output come back; a longer output fails rather
     than being judged on its start (here the right answer, then padding and a wrong one)."""

@@ -94,10 +94,13 @@ def _run_io_cases(program: str, cases: Sequence[dict], timeout_s: float, limits:
                   cancel: threading.Event | None = None) -> tuple[int, int]:
     inputs = [str(c["input"]) for c in cases]
     expected = [_normalise(str(c["output"])) for c in cases]
-    job = {"program": program, "inputs": inputs, "timeout_s": timeout_s,
-           "max_case_output": max(len(e) for e in expected) * 2 + 1024}
+    cap = max(len(e) for e in expected) * 2 + 1024
+    job = {"program": program, "inputs": inputs, "timeout_s": timeout_s, "max_case_output": cap}
+    # the runner's report carries every case's capped output, JSON-escaped (at most 6 bytes per byte)
+    report = len(cases) * (6 * cap + 64)
     budget = SandboxLimits(**{**limits.__dict__, "wall_s": limits.wall_s + timeout_s * len(cases),
-                              "cpu_s": int(limits.cpu_s + timeout_s * len(cases)) + 1})
+                              "cpu_s": int(limits.cpu_s + timeout_s * len(cases)) + 1,
+                              "max_output_bytes": max(limits.max_output_bytes, report)})
     result = run_python(["-c", _IO_RUNNER], json.dumps(job).encode(), budget, cancel)
     try:
         outputs = json.loads(result.stdout.decode("utf-8", "replace"))
