@@ -117,14 +117,33 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generation_config(ctx) -> dict:
+    """generation_config.json for an export: the source checkpoint's, if it has one, with ``eos_token_id`` the
+    run's stop ids, so that training or serving from the export stops where the run did (Qwen's chat models
+    name <|im_end|> and <|endoftext|> only there)."""
+    import os
+
+    source = os.path.join(ctx.config.model.path, "generation_config.json") if ctx.config.model.path else None
+    config: dict = {}
+    if source and os.path.isfile(source):
+        with open(source, encoding="utf-8") as f:
+            config = json.load(f)
+    config["eos_token_id"] = [int(i) for i in ctx.sampling.eos_token_ids]
+    return config
+
+
 def _save_hf(ctx, params, out: str, **kwargs) -> None:
-    """A Hugging Face checkpoint (safetensors, config, tokenizer) at ``out``, a local path or a URL (written
-    locally, then copied there)."""
+    """A Hugging Face checkpoint (safetensors, config, generation config, tokenizer) at ``out``, a local path
+    or a URL (written locally, then copied there)."""
+    import os
+
     from grpo_jax.models import save_pretrained
 
     stage = storage.StagedDir(out)
     try:
         save_pretrained(ctx.model, params, stage.local, **kwargs)
+        with open(os.path.join(stage.local, "generation_config.json"), "w", encoding="utf-8") as f:
+            json.dump(_generation_config(ctx), f, indent=2, sort_keys=True)
         ctx.tokenizer.save_pretrained(stage.local)
     finally:
         stage.close()

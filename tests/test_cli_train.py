@@ -13,6 +13,7 @@ from grpo_jax.cli import main
 from grpo_jax.metrics import read_metrics
 from grpo_jax.models import forward, load_pretrained, load_tokenizer
 from grpo_jax.trainer import build_context, load_run_config, restore_params
+from grpo_jax.trainer.build import stop_token_ids
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["model.hidden_size=32", "model.num_hidden_layers=1", "model.intermediate_size=64", "data.difficulty=0",
@@ -41,6 +42,9 @@ def test_train_eval_export(tmp_path, capsys):
     assert step == 2
     model, loaded = load_pretrained(export)
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, loaded)
+    # serving stacks pick the class by `architectures`; training from the export stops where the run did
+    assert json.loads((export / "config.json").read_text())["architectures"] == ["Qwen2ForCausalLM"]
+    assert stop_token_ids(load_tokenizer(export), model.config, str(export), ()) == ctx.sampling.eos_token_ids
 
     import torch
     from transformers import AutoModelForCausalLM
@@ -69,3 +73,16 @@ def test_train_refuses_unknown_fields_and_existing_runs(tmp_path):
     assert proc.returncode == 2 and "not a training run directory" in proc.stderr
     proc = run("train", "data.task=gsm8k_jsonl", f"data.path={tmp_path}", f"--output-dir={tmp_path / 'run'}")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and str(tmp_path) in proc.stderr
+
+
+def test_generation_config_keeps_the_sources_settings_and_names_the_runs_stop_ids(tmp_path):
+    from types import SimpleNamespace
+
+    from grpo_jax.cli import _generation_config
+
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": 7, "top_p": 0.8}))
+    ctx = SimpleNamespace(config=SimpleNamespace(model=SimpleNamespace(path=str(tmp_path))),
+                          sampling=SimpleNamespace(eos_token_ids=(7, 9)))
+    assert _generation_config(ctx) == {"eos_token_id": [7, 9], "top_p": 0.8}
+    ctx.config.model.path = None  # a model initialised from a seed: only the stop ids
+    assert _generation_config(ctx) == {"eos_token_id": [7, 9]}

@@ -25,8 +25,14 @@ def test_load_and_render_with_chat_template(tmp_path):
 
 
 def test_tokenizer_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no usable tokenizer files"):
+    with pytest.raises(FileNotFoundError, match="no tokenizer vocabulary"):
         load_tokenizer(tmp_path)
+    # a qwen2 model's directory without tokenizer files: transformers would build an empty default tokenizer
+    # from config.json's model_type, and every prompt would encode to nothing
+    (tmp_path / "qwen2").mkdir()
+    (tmp_path / "qwen2" / "config.json").write_text('{"model_type": "qwen2"}')
+    with pytest.raises(FileNotFoundError, match=r"no tokenizer vocabulary in .*qwen2.*expected one of tokenizer.json"):
+        load_tokenizer(tmp_path / "qwen2")
     make_tokenizer(tmp_path / "plain", chat_template=None)
     with pytest.raises(ValueError, match="asks for the chat template but this tokenizer has none"):
         render_prompt(load_tokenizer(tmp_path / "plain"), "hi", chat_template=True)

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from grpo_jax.models.attention import DEFAULT_QUERY_BLOCK
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
+HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 SUPPORTED_ROPE_TYPES = ("default", "llama3")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -235,4 +236,6 @@ class ModelConfig:
             kwargs["attention_bias"] = self.qkv_bias
         if (self.model_type == "qwen3") != self.qk_norm:
             raise UnsupportedModelError("q/k RMSNorm is exactly the qwen3 family's")
+        # transformers loads by model_type, but serving stacks (vLLM) pick the model class by this field
+        kwargs["architectures"] = [HF_ARCHITECTURES[self.model_type]]
         return AutoConfig.for_model(self.model_type, **kwargs)

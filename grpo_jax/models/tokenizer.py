@@ -8,6 +8,7 @@ from typing import Any
 
 
 _GENERIC_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+_VOCAB_FILES = (("tokenizer.json",), ("tokenizer.model",), ("vocab.json", "merges.txt"))
 
 
 def _saved_class(path: str | os.PathLike) -> str | None:
@@ -30,6 +31,12 @@ def load_tokenizer(path: str | os.PathLike) -> Any:
     # tokenizer) must be loaded as such: AutoTokenizer would pick the class of config.json's model_type
     # (Qwen2Tokenizer for a qwen2 model), whose own pre-tokenizer replaces tokenizer.json's.
     loader = PreTrainedTokenizerFast if _saved_class(path) in _GENERIC_CLASSES else AutoTokenizer
+    # transformers 5 builds an empty default tokenizer from config.json's model_type (qwen2, qwen3) when the
+    # directory has no vocabulary at all: every prompt would encode to nothing
+    if not any(all(os.path.isfile(os.path.join(os.fspath(path), name)) for name in names) for names in _VOCAB_FILES):
+        raise FileNotFoundError(
+            f"no tokenizer vocabulary in {os.fspath(path)!r}: expected one of "
+            f"{', '.join(' + '.join(names) for names in _VOCAB_FILES)}")
     try:
         tokenizer = loader.from_pretrained(os.fspath(path), local_files_only=True)
     except (OSError, ValueError) as e:
