@@ -1,7 +1,7 @@
 """R1-Zero-style RL from a base model: the DeepSeek-R1 prompt, format + accuracy rewards, no SFT.
 
 The model must think inside <think>...</think> and answer inside <answer>...</answer> (format_reward,
-weight 0.5); math_reward reads the <answer> tag (then \\boxed{}, "####", the last number).
+weight 0.5); math_reward reads the <answer> tag (then "####", \\boxed{}, the last number).
 
   grpo-jax train --config experiments/r1_zero_gsm8k.py model.path=/path/to/Qwen2.5-0.5B \\
       data.path=/path/to/gsm8k/train.jsonl

@@ -118,3 +118,22 @@ def test_review_fixes_empty_answer_and_str_input():
     assert format_reward(["<think>a</think><answer> </answer>", "<think>a</think><answer>1</answer>"]) == [0.0, 1.0]
     with pytest.raises(TypeError, match="must be a list of str, got one str"):
         format_reward("<think>a</think><answer>1</answer>")
+
+
+def test_lenient_layout_is_the_regex_it_replaced_and_linear():
+    """Lenient mode once was the regex <think>.*?</think>.*?<answer>.*?</answer> (DOTALL), cubic on repeated tag
+    pairs (800 pairs and an open <answer>: 23 s). Every arrangement of up to five tags and filler agrees with it."""
+    import itertools
+    import re
+    import time
+
+    old = re.compile(r"<think>.*?</think>.*?<answer>.*?</answer>", re.DOTALL)
+    pieces = ("<think>", "</think>", "<answer>", "</answer>", "x")
+    for n in range(6):
+        for parts in itertools.product(pieces, repeat=n):
+            text = " ".join(parts)
+            assert format_reward([text], strict=False) == [float(old.search(text) is not None)], text
+    start = time.perf_counter()
+    assert format_reward(["<think></think>" * 800 + "<answer>"], strict=False) == [0.0]
+    assert time.perf_counter() - start < 1.0
+

@@ -64,13 +64,45 @@ def test_extract_answer_each_kind(text, kind, expected):
     assert extract_answer(text, order=(kind,)) == expected
 
 
-def test_extract_answer_default_order_prefers_gsm8k_then_boxed_then_tag_then_number():
+def test_extract_answer_default_order_prefers_tag_then_gsm8k_then_boxed_then_number():
     everything = r"<answer>3</answer> \boxed{2} 9" + "\n#### 1"
-    assert extract_answer(everything) == "1"
-    assert extract_answer(r"<answer>3</answer> \boxed{2} 9") == "2"
-    assert extract_answer("<answer>3</answer> 9") == "3"
+    assert extract_answer(everything) == "3"
+    assert extract_answer(r"\boxed{2} 9" + "\n#### 1") == "1"
+    assert extract_answer(r"\boxed{2} 9") == "2"
     assert extract_answer("just 9 here") == "9"
     assert extract_answer("no answer at all") is None
+
+
+def test_headings_reasoning_and_unicode_minus_do_not_decide_the_answer():
+    """Found by a review: a markdown heading "#### ..." was read as the answer, a \\boxed{} inside the reasoning
+    beat the <answer> tag, and a sign error written with U+2212 scored 1.0."""
+    right = [("#### Final Answer\nThe answer is \\boxed{7}.", "7"), ("The answer is \\boxed{7}.\n\n#### Verification", "7"),
+             ("<think>#### Step 1\n3+4=7</think> <answer>7</answer>", "7"),
+             ("<think>Maybe \\boxed{5}? No.</think> <answer>7</answer>", "7"),
+             ("The answer is \u22123", "-3"), ("The answer is \u20133", "-3"), ("pages 5\u20137, so 7", "7"),
+             ("#### 1,234", "1234")]
+    wrong = [("The answer is \u22123", "3"), ("#### x+1", "1")]
+    cases = right + wrong
+    assert math_reward([c for c, _ in cases], answer=[a for _, a in cases]) == [1.0] * len(right) + [0.0] * len(wrong)
+    assert extract_answer("#### Step 1\n#### 5") == "5" and extract_answer("#### Final Answer") is None
+
+
+PROSE_TAIL = """
+import time
+from grpo_jax.rewards.math import math_reward
+text = "<answer>So the total number of paperclips that Natalia eventually sold altogether during April and May " \\
+       "together in the end comes out to 72 (clips)</answer>"
+start = time.perf_counter()
+print(math_reward([text], answer=["72"]), time.perf_counter() - start < 5)
+"""
+
+
+def test_prose_followed_by_a_symbol_is_scored_fast():
+    """A prose answer of 20 words and then "(" made the prose check's regex backtrack exponentially (minutes, in
+    C with the GIL held: no deadline could stop it, and every other thread stopped too). In a child process, so
+    that a regression fails at the limit rather than hanging the suite."""
+    child = subprocess.run([sys.executable, "-c", PROSE_TAIL], capture_output=True, text=True, timeout=120)
+    assert child.stdout.split() == ["[0.0]", "True"], child.stderr[-2000:]
 
 
 def test_extract_answer_custom_order():

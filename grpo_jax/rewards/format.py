@@ -16,12 +16,24 @@ import numpy as np
 _TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 # the answer block must hold something: an empty <answer></answer> would be free reward
 _STRICT = re.compile(r"\A\s*<think>.*?</think>\s*<answer>(?=.*?\S.*?</answer>).*?</answer>\s*\Z", re.DOTALL)
-_LENIENT = re.compile(r"<think>.*?</think>.*?<answer>.*?</answer>", re.DOTALL)
+
+
+def _tags_in_order(completion: str) -> bool:
+    """Some ``<think>``, then a ``</think>``, then an ``<answer>``, then an ``</answer>``, each after the one
+    before: taking the first of each is always best, so one pass of ``str.find`` (the regex
+    ``<think>.*?</think>.*?<answer>.*?</answer>`` took cubic time on hundreds of repeated tag pairs)."""
+    at = 0
+    for tag in _TAGS:
+        at = completion.find(tag, at)
+        if at < 0:
+            return False
+        at += len(tag)
+    return True
 
 
 def _is_formatted(completion: str, strict: bool) -> bool:
     if not strict:
-        return _LENIENT.search(completion) is not None
+        return _tags_in_order(completion)
     return all(completion.count(tag) == 1 for tag in _TAGS) and _STRICT.match(completion) is not None
 
 

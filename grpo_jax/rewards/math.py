@@ -3,11 +3,14 @@
     extract_answer(text, order=...)           -> the final answer as a string, or None
     math_reward(completions, answer=[...])    -> [N] floats, 1.0 where the answer is equivalent to the reference
 
-Answer kinds ``extract_answer`` knows, tried in ``order`` (the first kind found wins):
-    "gsm8k"       the text after the last ``####`` on its line (GSM8K's solution format)
+Answer kinds ``extract_answer`` knows, tried in ``order`` (the first kind found wins; by default
+``answer_tag``, ``gsm8k``, ``boxed``, ``last_number``):
+    "gsm8k"       the text after the last ``####`` on its line (GSM8K's solution format); a line starting with
+                  a word ("#### Final Answer") is a markdown heading and is skipped
     "boxed"       the content of the last ``\\boxed{...}`` whose braces balance (nested braces are fine)
     "answer_tag"  the content of the last ``<answer>...</answer>`` (DeepSeek-R1's format)
-    "last_number" the last number in the text: 42, -3, 0.5, .5, 1,234 (-> "1234"), 3/4
+    "last_number" the last number in the text: 42, -3 (also with U+2212 or U+2013 as the minus), 0.5, .5,
+                  1,234 (-> "1234"), 3/4
 Answers are stripped of surrounding whitespace and of one trailing full stop ("#### 72." -> "72"); an empty
 answer counts as not found.
 
@@ -40,15 +43,27 @@ from grpo_jax.latex import brace_group
 logger = logging.getLogger(__name__)
 
 ANSWER_KINDS = ("gsm8k", "boxed", "answer_tag", "last_number")
-DEFAULT_ORDER = ANSWER_KINDS
+# An <answer> tag is always a deliberate declaration; "####" may be a markdown heading and \boxed{} may be
+# used while reasoning, so the tag is read first
+DEFAULT_ORDER = ("answer_tag", "gsm8k", "boxed", "last_number")
 
-_GSM8K = re.compile(r"####[ \t]*([^\n]*)")
+# "####" then the answer on its line; a line starting with a word ("#### Final Answer", "#### Step 1") is a
+# markdown heading, not an answer ("#### x+1" is one)
+_GSM8K = re.compile(r"####[ \t]*(?![ \t]|[A-Za-z]{2})([^\n]*)")
 _BOXED = "\\boxed{"
 # The last number: not glued to a preceding letter, digit or full stop ("x2" is a name, not 2); thousands
 # groups of exactly three digits (1,234.5); 42, .5, -3, 3/4. A minus sign counts only when it is not a binary
 # minus ("5-3" -> 5 and 3).
 _INT = r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)"
-_NUMBER = re.compile(rf"(?<![\w.])(?:(?<![\w)\]}}])-)?(?:{_INT}(?:\.\d+)?|\.\d+)(?:/{_INT}(?!\.\d))?")
+# U+2212 (minus sign) and U+2013 (en dash) are read as minus: U+2212 then 3 is -3, not 3 (a sign error
+_MINUS = "-\u2212\u2013"  # scored as right)
+_NUMBER = re.compile(rf"(?<![\w.])(?:(?<![\w)\]}}])[{_MINUS}])?(?:{_INT}(?:\.\d+)?|\.\d+)(?:/{_INT}(?!\.\d))?")
+_AS_ASCII = str.maketrans({"\u2212": "-", "\u2013": "-", ",": None})
+
+
+def _number_text(match: str) -> str:
+    """A number as _NUMBER found it, without thousands separators and with an ASCII minus."""
+    return match.translate(_AS_ASCII)
 
 
 def _clean(answer: str | None) -> str | None:
@@ -90,7 +105,7 @@ def _extract_answer_tag(text: str) -> str | None:
 
 def _extract_last_number(text: str) -> str | None:
     matches = _NUMBER.findall(text)
-    return matches[-1].replace(",", "") if matches else None
+    return _number_text(matches[-1]) if matches else None
 
 
 _EXTRACTORS: dict[str, Callable[[str], str | None]] = {
@@ -283,6 +298,10 @@ def _parse(text: str) -> list:
     return _math_verify().parse("\\boxed{" + text + "}", parsing_timeout=None)
 
 
+_SEPARATORS = re.compile(r"[\s.,:;!?$]+")
+_WORD = re.compile(r"[A-Za-z]{2,}")
+
+
 def _candidates(predicted: str) -> list[str]:
     """The extracted answer, and -- when it is prose or decorated ("The answer is 42.", "**72**", "18 dollars")
     holding exactly one number -- that number. Text with several numbers ("3 or 4") gets no fallback, so
@@ -294,8 +313,11 @@ def _candidates(predicted: str) -> list[str]:
     # only prose around it: words of two or more letters and punctuation, no symbols or LaTeX that could
     # make the number part of an expression ("x+1", "\\sqrt{2}", "2^3" keep their full meaning)
     rest = _NUMBER.sub(" ", text, count=1)
-    prose = re.fullmatch(r"[\s.,:;!?$]*(?:[A-Za-z]{2,}[\s.,:;!?$]*)*", rest) is not None
-    return [predicted, numbers[0].replace(",", "")] if prose else [predicted]
+    # split, then match word by word: the one pattern [sep]*(?:[A-Za-z]{2,}[sep]*)* backtracked exponentially
+    # (a word splits into 2-letter pieces many ways) when it failed, e.g. on 20 words and then "(", and ran
+    # for minutes in C holding the GIL, where no deadline can stop it
+    prose = all(_WORD.fullmatch(word) for word in _SEPARATORS.split(rest) if word)
+    return [predicted, _number_text(numbers[0])] if prose else [predicted]
 
 
 def _equivalent(gold: list, predicted: str) -> bool:
