@@ -92,6 +92,18 @@ def test_qwen_vocabulary_values():
     )
 
 
+def test_entropy_of_a_peaked_distribution():
+    """logits [1000, 990, 0, 0]: about 5e-4 nats. As lse - sum p * logits, float32 gave 0.016 (two large, nearly
+    equal terms)."""
+    w = np.zeros((2, 4), np.float32)
+    w[0] = [1000.0, 990.0, 0.0, 0.0]
+    _, ent = token_logprobs_from_hidden(jnp.ones((1, 1, 2), jnp.float32).at[..., 1].set(0.0), jnp.asarray(w),
+                                        jnp.zeros((1, 1), jnp.int32), return_entropy=True)
+    z = w[0].astype(np.float64)
+    logp = z - z.max() - np.log(np.exp(z - z.max()).sum())
+    np.testing.assert_allclose(float(ent[0, 0]), -(np.exp(logp) * logp).sum(), rtol=1e-3)
+
+
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_entropy_matches_numpy(temperature):
     rng = np.random.default_rng(3)

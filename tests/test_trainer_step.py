@@ -76,16 +76,20 @@ def test_micro_batch_weights():
 
 @pytest.mark.parametrize("loss_type", ["grpo", "dapo", "dr_grpo"])
 def test_gradient_accumulation_equals_one_big_batch(loss_type, mesh8):
-    """K micro-batches give the same update as the whole minibatch at once, for every aggregation."""
+    """K micro-batches give the same update as the whole minibatch at once, for every aggregation (dr_grpo with
+    per-token advantages, as process supervision gives: their mean is a token mean, not a row mean)."""
     grpo = GRPOConfig(beta=0.04, loss_type=loss_type)
+    batch = _batch()
+    if loss_type == "dr_grpo":
+        batch["advantages"] = np.random.default_rng(5).normal(size=batch["completion_mask"].shape).astype(np.float32)
     results = []
     for k in (1, 4):
         _, state, update = _setup(mesh8, grpo, accumulation=k, lr=1.0, sgd=True)
-        state, metrics = update(state, _batch())
+        state, metrics = update(state, batch)
         results.append((jax.device_get(state.params), jax.device_get(metrics)))
     (p1, m1), (p4, m4) = results
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), p1, p4)
-    for key in ("loss", "kl", "entropy", "grad_norm"):
+    for key in ("loss", "kl", "entropy", "grad_norm", "advantage_mean"):
         np.testing.assert_allclose(m1[key], m4[key], rtol=1e-4, atol=1e-6, err_msg=key)
 
 

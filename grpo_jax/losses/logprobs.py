@@ -123,8 +123,12 @@ def token_logprobs_from_hidden(
         logits = dense(h_c, w, preferred_element_type=jnp.float32) / temperature
         if not return_entropy:
             return _logprobs_of(logits, tok_c)
-        lse = jax.nn.logsumexp(logits, axis=-1)
-        entropy = lse - jnp.sum(jnp.exp(logits - lse[..., None]) * logits, axis=-1)
+        # -sum p log p, with log p from logits shifted by their maximum (log p of the top token is then
+        # -log(1 + small), exact in float32). lse - sum p * logits, the same in exact arithmetic, subtracts two
+        # large, nearly equal numbers: logits [1000, 990, 0] gave 0.016 nats against 5.0e-4
+        shifted = logits - jnp.max(logits, axis=-1, keepdims=True)
+        log_p = shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))
+        entropy = -jnp.sum(jnp.exp(log_p) * log_p, axis=-1)
         return _logprobs_of(logits, tok_c), entropy
 
     # With several chunks, each chunk's logits are recomputed in the backward pass rather than kept from the

@@ -12,7 +12,9 @@ and the scalar loss aggregates loss_t over unmasked tokens (see grpo_jax.losses.
 
 LOG_RATIO_BOUND = 20: exp(20) ~ 4.9e8, so ratio * A cannot overflow float32 for any |A| < 1e29. The clamp
 acts only on tokens whose probability changed by more than that factor since sampling, where the gradient
-becomes 0 (such tokens are far outside any clip range anyway), at token and at sequence level.
+becomes 0, at token and at sequence level. Such tokens are outside the clip range, whose gradient is 0 too,
+except a ratio above e^20 with a negative advantage: there PPO's min keeps the unclipped term, and the clamp
+deliberately drops its gradient (a stabiliser in the spirit of dual-clip PPO) instead of following it.
 
 Padded slots (mask 0) are replaced by 0 before any arithmetic, so they may hold anything (NaN, -inf, the
 log-probability of a -100 padding id) without reaching the loss, the metrics or the gradient.

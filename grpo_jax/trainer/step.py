@@ -192,7 +192,8 @@ def make_update_fn(model: Transformer, optimizer: optax.GradientTransformation, 
             if name in ("ratio_max", "ratio_min"):  # a micro-batch without loss tokens has no ratio
                 extreme = jnp.maximum(total, value) if name == "ratio_max" else jnp.minimum(total, value)
                 return jnp.where(w["tokens"] > 0, extreme, total)
-            kind = "loss" if name in ("loss", "policy_loss") else "rows" if name == "advantage_mean" else "tokens"
+            per_row_advantages = name == "advantage_mean" and batch["advantages"].ndim == 1  # else a token mean
+            kind = "loss" if name in ("loss", "policy_loss") else "rows" if per_row_advantages else "tokens"
             return total + w[kind] * value
 
         def accumulate(carry, xs):
