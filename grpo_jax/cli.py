@@ -139,12 +139,17 @@ def _save_hf(ctx, params, out: str, **kwargs) -> None:
 
     from grpo_jax.models import save_pretrained
 
+    from grpo_jax.models.hf_io import stale_weight_files
+
     stage = storage.StagedDir(out)
     try:
         save_pretrained(ctx.model, params, stage.local, **kwargs)
         with open(os.path.join(stage.local, "generation_config.json"), "w", encoding="utf-8") as f:
             json.dump(_generation_config(ctx), f, indent=2, sort_keys=True)
         ctx.tokenizer.save_pretrained(stage.local)
+        if stage.remote:  # an earlier export's weights there would be loaded instead (save_pretrained's note)
+            for name in stale_weight_files(storage.listdir(out), os.listdir(stage.local)):
+                storage.remove(storage.join(out, name))
     finally:
         stage.close()
 

@@ -60,6 +60,24 @@ def isdir(path: str | os.PathLike) -> bool:
     return _epath(path).is_dir() if is_url(path) else os.path.isdir(path)
 
 
+def listdir(path: str | os.PathLike) -> list[str]:
+    """Names of the entries in the directory ``path`` (none when it does not exist)."""
+    path = os.fspath(path)
+    if is_url(path):
+        directory = _epath(path)
+        return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+    return sorted(os.listdir(path)) if os.path.isdir(path) else []
+
+
+def remove(path: str | os.PathLike) -> None:
+    """Delete the file ``path``."""
+    path = os.fspath(path)
+    if is_url(path):
+        _epath(path).unlink()
+    else:
+        os.remove(path)
+
+
 def read_bytes(path: str | os.PathLike) -> bytes:
     """The contents of the file ``path``. FileNotFoundError when it is missing."""
     path = os.fspath(path)

@@ -93,6 +93,38 @@ def test_staged_dir_uploads_new_and_changed_files_only(gcs, monkeypatch):
     assert not os.path.exists(local)
 
 
+def test_exporting_again_to_a_url_leaves_no_earlier_weights(gcs, tmp_path):
+    """A sharded export, then a one-file export to the same URL (and the other way round): the earlier files
+    are removed there, as locally. Left behind, the earlier index (this loader) or single file (transformers)
+    was read instead of the new weights, without an error."""
+    from types import SimpleNamespace
+
+    import jax
+    import numpy as np
+    from hf_checkpoints import make_checkpoint, make_tokenizer
+
+    from grpo_jax.cli import _save_hf
+    from grpo_jax.models import load_pretrained, load_tokenizer
+
+    source = tmp_path / "source"
+    make_checkpoint(source, "llama_gqa2_untied", vocab_size=300)
+    make_tokenizer(source)
+    model, params = load_pretrained(source)
+    ctx = SimpleNamespace(model=model, tokenizer=load_tokenizer(source), sampling=SimpleNamespace(eos_token_ids=(1,)),
+                          config=SimpleNamespace(model=SimpleNamespace(path=str(source))))
+    trained = jax.tree.map(lambda p: p + 1.0, params)
+    for first, second in (({"max_shard_bytes": 20_000}, {}), ({}, {"max_shard_bytes": 20_000})):
+        url = f"gs://bucket/export{len(first)}"
+        _save_hf(ctx, params, url, **first)
+        _save_hf(ctx, trained, url, **second)
+        files = storage.listdir(url)
+        sharded = [f for f in files if f.startswith("model-")]
+        assert ("model.safetensors" in files) == (not sharded)
+        assert ("model.safetensors.index.json" in files) == bool(sharded)
+        _, loaded = load_pretrained(gcs / "bucket" / url.rsplit("/", 1)[1])
+        np.testing.assert_array_equal(np.asarray(loaded["embedding"]), np.asarray(trained["embedding"]))
+
+
 def test_metrics_writer_at_a_url_resumes_and_plots(gcs):
     url = "gs://bucket/run"
     with MetricsWriter(url, tensorboard=True, progress=False) as writer:

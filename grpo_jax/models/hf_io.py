@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterable, Iterator
 from typing import Any
 
 import jax
@@ -331,12 +331,21 @@ def save_pretrained(
         pending.append((tmp, os.path.join(path, INDEX_FILE)))
     hf_config.save_pretrained(os.path.join(path, ".config.tmp"))
     pending.append((os.path.join(path, ".config.tmp", "config.json"), os.path.join(path, "config.json")))
+    # Weight files of an earlier export to the same directory would mix with these: removed first, so that
+    # an export interrupted here leaves weights missing (an error on load), never old ones read as new
+    for name in stale_weight_files(os.listdir(path), [os.path.basename(final) for _, final in pending]):
+        os.remove(os.path.join(path, name))
     for tmp, final in pending:
         os.replace(tmp, final)
     os.rmdir(os.path.join(path, ".config.tmp"))
-    # Weight files of an earlier export to the same directory would mix with these: remove them.
-    for existing in os.listdir(path):
-        old_weights = existing == SINGLE_FILE or re.fullmatch(r"model-\d{5}-of-\d{5}\.safetensors", existing)
-        old_index = existing == INDEX_FILE and len(shards) == 1
-        if (old_weights and existing not in file_names) or old_index:
-            os.remove(os.path.join(path, existing))
+
+
+_SHARD_FILE = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
+
+
+def stale_weight_files(existing: Iterable[str], written: Collection[str]) -> list[str]:
+    """The weight files and index among ``existing`` (names in an export directory) that an export writing
+    ``written`` does not replace. Left there they would be read instead of the new weights: this loader and
+    transformers prefer an index to the single file, and transformers the single file to shards."""
+    return [name for name in existing if name not in written
+            and (name in (SINGLE_FILE, INDEX_FILE) or _SHARD_FILE.fullmatch(name))]
