@@ -180,7 +180,12 @@ class Checkpointer:
     # ---- queries ------------------------------------------------------------------------------------
 
     def all_steps(self) -> list[int]:
-        """Steps with a checkpoint, ascending (in this process: including a save in flight)."""
+        """Steps with a checkpoint, ascending (in this process: including a save in flight). Read from the
+        directory again whenever this process has no save in flight, so that a reader (an evaluation job)
+        sees the steps another process has written or retention has deleted since it opened it: orbax's
+        manager keeps the list it read at construction."""
+        if not self._closed and not self._manager.is_saving_in_progress():
+            self._manager.reload()
         return sorted(int(s) for s in self._manager.all_steps())
 
     def latest_step(self) -> int | None:

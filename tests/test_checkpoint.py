@@ -153,6 +153,23 @@ def test_keeps_only_the_newest_max_to_keep_steps(tmp_path):
     assert meta == {"step": 30}
 
 
+def test_a_reader_sees_steps_written_and_deleted_after_it_opened(tmp_path):
+    """An evaluation job's Checkpointer, opened after step 1: orbax's manager kept the steps it read then, so
+    it saw [1] after the writer had saved 2-4 and retention had deleted 1 and 2, and restoring "the latest"
+    failed."""
+    state = {"x": jnp.arange(4.0)}
+    with Checkpointer(tmp_path, max_to_keep=2, async_save=False) as writer:
+        writer.save(1, state, {"step": 1})
+        with Checkpointer(tmp_path, max_to_keep=None, async_save=False) as reader:
+            assert reader.all_steps() == [1]
+            for step in (2, 3, 4):
+                writer.save(step, jax.tree.map(lambda x: x + step, state), {"step": step})
+            assert reader.all_steps() == [3, 4] and reader.latest_step() == 4
+            restored, meta = reader.restore(_abstract(state))
+    assert meta == {"step": 4}
+    np.testing.assert_array_equal(np.asarray(restored["x"]), np.arange(4.0) + 4)
+
+
 def test_first_save_deletes_leftovers_of_killed_saves_but_opening_does_not(tmp_path):
     leftover = tmp_path / "7.orbax-checkpoint-tmp" / "state.orbax-checkpoint-tmp"
     leftover.mkdir(parents=True)
