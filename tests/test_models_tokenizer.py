@@ -19,6 +19,11 @@ def test_load_and_render_with_chat_template(tmp_path):
     )
     with pytest.raises(ValueError, match="chat-message prompts need the chat template"):
         render_prompt(tokenizer, messages, chat_template=False)
+    # a configured system prompt replaces the task's own (two system turns are an error in some templates)
+    own = [{"role": "system", "content": "Use boxed."}, {"role": "user", "content": "2 + 2?"}]
+    assert render_prompt(tokenizer, own, chat_template=True, system="Think.") == (
+        "<|system|>Think.<|end|><|user|>2 + 2?<|end|><|assistant|>")
+    assert render_prompt(tokenizer, own, chat_template=True).startswith("<|system|>Use boxed.<|end|>")
     batch = tokenizer(["What is 2 + 2?", "Think"], padding=True)
     assert batch["attention_mask"][1][0] == 0 and batch["attention_mask"][1][-1] == 1  # left padded
     assert tokenizer.decode(tokenizer("What is 2 + 2?")["input_ids"]) == "What is 2 + 2?"

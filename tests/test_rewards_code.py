@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from grpo_jax.rewards.code import code_reward, extract_code, split_check
+from grpo_jax.rewards.code import code_reward, extract_code, program_to_test, split_check
 from grpo_jax.rewards.sandbox import SandboxLimits, isolation, run_python
 
 ADD_CHECK = "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n"
@@ -139,6 +139,22 @@ def test_many_cases_with_long_outputs():
     overflow the sandbox's 1 MiB stdout limit and score 0."""
     case = {"input": "20000\n", "output": "\n".join(map(str, range(1, 20001))) + "\n"}
     assert _score("print('\\n'.join(map(str, range(1, int(input()) + 1))))", [case] * 10, timeout_s=2.0) == 1.0
+
+
+def test_a_body_continuing_the_prompt_is_tested_with_it():
+    """HumanEval's completion format: without a chat template a base model continues the prompt's signature and
+    docstring with the body alone. The body is run after the prompt (it scored 0 on its own, having no def);
+    a whole function is run as it is."""
+    problem = HUMANEVAL_STYLE[0]
+    body = "    out, best = [], None\n    for x in xs:\n        best = x if best is None or x > best else best\n" \
+           "        out.append(best)\n    return out\n"
+    score = lambda code: code_reward([code], tests=[problem["test"]], entry_point=[problem["entry_point"]],  # noqa: E731
+                                     test_setup=[problem["prompt"]])[0]
+    assert score(body) == 1.0
+    assert score(problem["solution"]) == 1.0
+    assert score("    return xs\n") < 1.0
+    assert program_to_test(problem["solution"], problem["prompt"], "running_max") == problem["solution"]
+    assert program_to_test(body, problem["prompt"], "running_max") == problem["prompt"] + body
 
 
 def test_output_past_the_cap_fails_the_case():

@@ -55,6 +55,8 @@ def test_overrides_parse_by_field_type():
     ("grpo.decode_phase_tokens=0", "grpo.decode_phase_tokens=0 is invalid: expected a number > 0"),
     ("grpo.cast_params_once=maybe", "grpo.cast_params_once='maybe'"),
     ("grpo.decode_steps_per_check=0", "grpo.decode_steps_per_check=0 is invalid: expected a number > 0"),
+    ("data.truncate_side=middle", "data.truncate_side='middle' is invalid"),
+    ("data.system_prompt=Be brief.", "data.system_prompt is set but data.chat_template=False"),
 ])
 def test_bad_overrides_name_the_problem(override, message):
     with pytest.raises(ConfigError) as e:
@@ -127,3 +129,28 @@ def test_mesh_presets_and_shapes_checked_before_anything_compiles():
         with pytest.raises(ValueError, match=re.escape(message)):
             build_context(apply_overrides(TrainConfig(), overrides), "/tmp/unused")
     assert (sampling.compile_count(), compile_counts()) == before
+
+
+def test_truncated_prompts_keep_their_end(tmp_path):
+    """data.overlong=truncate cuts the start of a task's prompt by default: a question ends with what it asks,
+    and keeping its start (the only behaviour before data.truncate_side) dropped that."""
+    from hf_checkpoints import make_tokenizer
+
+    from grpo_jax.models import load_tokenizer
+    from grpo_jax.trainer import rollout
+    from grpo_jax.trainer.loop import RunContext
+
+    make_tokenizer(tmp_path)
+    tokenizer = load_tokenizer(tmp_path)
+    question = ("Tom has 3 apples and buys 4 more apples at the store on Monday. Then he eats 2 apples. "
+                "How many apples does Tom have now?")
+    for side, kept in (("left", "have now?"), ("right", "Tom has 3")):
+        config = apply_overrides(TrainConfig(), [f"model.path={tmp_path}", "data.max_prompt_length=40",
+                                                 "data.overlong=truncate", f"data.truncate_side={side}"])
+        render = lambda e: rollout.prompt_text_of(tokenizer, e, chat_template=False, system_prompt=None,  # noqa: E731
+                                                  suffix="")
+        ctx = RunContext(config, str(tmp_path), None, None, None, tokenizer, None, [{"prompt": question}], [], [],
+                         render, add_special_tokens=True)
+        stream = ctx.prompt_stream(batch_size=1, seed=0)
+        prompt = stream.next_batch()[0]["prompt"]
+        assert kept in prompt and len(prompt) < len(question) and stream.stats["truncated"] == 1, (side, prompt)

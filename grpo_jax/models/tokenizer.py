@@ -54,7 +54,8 @@ def render_prompt(tokenizer: Any, prompt: str | list[dict[str, str]], *, chat_te
     """The text the model sees for a task's prompt.
 
     ``prompt`` is a string or a list of chat messages ({"role", "content"}, as grpo_jax.data yields).
-    With ``chat_template`` the messages (a string becomes one user turn; ``system`` goes first if given)
+    With ``chat_template`` the messages (a string becomes one user turn; ``system`` goes first if given,
+    replacing a system message the prompt starts with: two system turns are an error in some templates)
     are rendered by the tokenizer's template followed by the assistant's generation prompt. Without it a
     string is returned as is, and chat messages are an error (they need a template).
     """
@@ -66,5 +67,7 @@ def render_prompt(tokenizer: Any, prompt: str | list[dict[str, str]], *, chat_te
         raise ValueError("the recipe asks for the chat template but this tokenizer has none")
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
     if system:
+        if messages and messages[0].get("role") == "system":
+            messages = messages[1:]
         messages = [{"role": "system", "content": system}] + messages
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -222,6 +222,23 @@ class _Candidate:
         raise _candidate_error(reply.get("error") if isinstance(reply, dict) else None)
 
 
+def program_to_test(code: str, prompt: str, entry_point: str) -> str:
+    """The program a check program tests: ``code`` itself when it defines ``entry_point`` at top level (a chat
+    model's whole function); else, in HumanEval's completion format, the prompt (the signature and docstring)
+    followed by ``code`` (the body a base model writes to continue it)."""
+    try:
+        tree = pyast.parse(code)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # e.g. an indented body on its own
+        tree = None
+    defined: set[str] = set()
+    for node in tree.body if tree is not None else []:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            defined.add(node.name)
+        elif isinstance(node, ast.Assign):
+            defined.update(target.id for target in node.targets if isinstance(target, ast.Name))
+    return code if entry_point in defined or not prompt else prompt + code
+
+
 def split_check(check_program: str) -> tuple[ast.Module, int]:
     """Rewrite ``check``'s body so each top-level statement containing an assert records pass/fail in
     ``__results`` and carries on; returns the module and the number of such tests (at least 1)."""
@@ -321,8 +338,9 @@ def code_reward(
         if isinstance(tests[i], str):
             if not entry_point[i]:
                 raise ValueError(f"code_reward: completion {i} has a check program but no entry_point")
-            passed, total = _run_check(program, tests[i], entry_point[i], test_setup[i] or "", timeout_s, limits,
-                                       cancel)
+            setup = test_setup[i] or ""
+            passed, total = _run_check(program_to_test(program, setup, entry_point[i]), tests[i], entry_point[i],
+                                       setup, timeout_s, limits, cancel)
         else:
             if not tests[i]:
                 raise ValueError(f"code_reward: completion {i} has an empty list of test cases")

@@ -167,7 +167,10 @@ class DataConfig:
       distribution, e.g. single-digit sums where every prompt is seen in training anyway).
     batch_size: prompts per GRPO step (B); the step has B * num_generations completions.
     max_prompt_length: tokens; longer prompts are handled by ``overlong`` ("drop", "truncate", "error").
-    chat_template / system_prompt: render prompts with the tokenizer's chat template.
+    truncate_side: with ``overlong="truncate"``, which end of the task's prompt text is cut: "left" keeps its
+      end, where a question states what it asks (and TRL cuts prompts), "right" keeps its start.
+    chat_template / system_prompt: render prompts with the tokenizer's chat template; a system prompt needs it
+      (without the template a string prompt is used as it is).
     prompt_suffix: text appended to every (string) prompt, e.g. an instruction about the answer format.
     seed: shuffle seed of the prompt stream.
     """
@@ -183,6 +186,7 @@ class DataConfig:
     batch_size: int = 16
     max_prompt_length: int = 64
     overlong: str = "drop"
+    truncate_side: str = "left"
     chat_template: bool = False
     system_prompt: str | None = None
     prompt_suffix: str = ""
@@ -193,6 +197,7 @@ class DataConfig:
         _check_types(s, self)
         _choice(s, self, "task", TASKS)
         _choice(s, self, "overlong", ("drop", "truncate", "error"))
+        _choice(s, self, "truncate_side", ("left", "right"))
         _choice(s, self, "eval_split", ("prompt", "examples"))
         _positive(s, self, "batch_size", "max_prompt_length", "num_examples")
         _positive(s, self, "eval_examples", "difficulty", allow_zero=True)
@@ -508,6 +513,10 @@ def _check_cross_section(config: TrainConfig) -> None:
     if "code" in g.rewards and d.task != "humaneval":
         raise ConfigError(f"grpo.rewards includes 'code' but data.task={d.task!r}; the code reward needs "
                           "a task with tests (humaneval)")
+    if d.system_prompt is not None and not d.chat_template:
+        raise ConfigError("data.system_prompt is set but data.chat_template=False: without the chat template a "
+                          "prompt is used as it is and the system prompt would be ignored; set "
+                          "data.chat_template=true, or put the text in data.prompt_suffix")
     if config.model.path is None and d.chat_template:
         raise ConfigError("data.chat_template=True needs a model.path whose tokenizer has a chat template; "
                           "a from-scratch model uses a character tokenizer")

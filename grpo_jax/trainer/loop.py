@@ -94,7 +94,8 @@ class RunContext:
         """The training examples in seeded, resumable batches, with the configured prompt-length policy."""
         d = self.config.data
         return PromptStream(self.train_examples, batch_size=batch_size, seed=seed,
-                            max_prompt_length=d.max_prompt_length, length_fn=self.prompt_length, overlong=d.overlong)
+                            max_prompt_length=d.max_prompt_length, length_fn=self.prompt_length, overlong=d.overlong,
+                            truncate_side=d.truncate_side)
 
     def eval_metrics(self, params, key) -> dict[str, float]:
         if not len(self.eval_examples):
@@ -345,6 +346,7 @@ class GRPOTrainer:
             "time/update_s": t_update,
             "compile/count": total_compiles(), "compile/new": total_compiles() - compiles_before,
             "data/epoch": self.stream.epoch, "batch/prompt_length": int(r.prompt_ids.shape[1]),
+            **{f"data/{kind}_prompts": count for kind, count in self.stream.stats.items()},  # so far, for length
             "batch/prompt_group": min(prompt_groups), **dyn_stats,
         }
         out["time/step_s"] = time.perf_counter() - t0
