@@ -148,8 +148,11 @@ def test_a_body_continuing_the_prompt_is_tested_with_it():
     problem = HUMANEVAL_STYLE[0]
     body = "    out, best = [], None\n    for x in xs:\n        best = x if best is None or x > best else best\n" \
            "        out.append(best)\n    return out\n"
-    score = lambda code: code_reward([code], tests=[problem["test"]], entry_point=[problem["entry_point"]],  # noqa: E731
-                                     test_setup=[problem["prompt"]])[0]
+
+    def score(code):
+        return code_reward([code], tests=[problem["test"]], entry_point=[problem["entry_point"]],
+                           test_setup=[problem["prompt"]])[0]
+
     assert score(body) == 1.0
     assert score(problem["solution"]) == 1.0
     assert score("    return xs\n") < 1.0
