@@ -17,7 +17,22 @@ from grpo_jax.trainer import apply_overrides, load_config, train
 from hf_checkpoints import make_checkpoint, make_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = sorted(p.name for p in (ROOT / "experiments").glob("*.py") if p.name != "default.py")
+# The 1.5B recipe is the 0.5B one on a tensor-parallel mesh (checked below); training on that mesh is
+# test_trainer_run.py's mesh-of-eight test, so it is not trained here a second time.
+DERIVED = {"gsm8k_qwen2p5_1p5b.py": "gsm8k_qwen2p5_0p5b.py"}
+RECIPES = sorted(p.name for p in (ROOT / "experiments").glob("*.py") if p.name not in ("default.py", *DERIVED))
+
+
+@pytest.mark.parametrize("derived, base", list(DERIVED.items()))
+def test_a_derived_recipe_differs_from_its_base_only_in_model_and_mesh(derived, base):
+    import dataclasses
+
+    from grpo_jax.trainer.config import parse_mesh
+
+    config, base_config = load_config(ROOT / "experiments" / derived), load_config(ROOT / "experiments" / base)
+    assert parse_mesh(config.run.mesh) == {"fsdp": -1, "tensor": 2} and config.model.path != base_config.model.path
+    assert dataclasses.replace(config, name=base_config.name, model=base_config.model, run=dataclasses.replace(
+        config.run, mesh=base_config.run.mesh)) == base_config
 
 GSM8K = [("Tom has 3 apples and buys 4 more. How many apples does he have?", "3 + 4 = 7\n#### 7"),
          ("A box holds 1,200 pens. Half are sold. How many remain?", "1200 / 2 = 600\n#### 600"),
