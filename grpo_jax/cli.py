@@ -138,7 +138,6 @@ def _save_hf(ctx, params, out: str, **kwargs) -> None:
     import os
 
     from grpo_jax.models import save_pretrained
-
     from grpo_jax.models.hf_io import stale_weight_files
 
     stage = storage.StagedDir(out)

@@ -55,8 +55,9 @@ _BOXED = "\\boxed{"
 # groups of exactly three digits (1,234.5); 42, .5, -3, 3/4. A minus sign counts only when it is not a binary
 # minus ("5-3" -> 5 and 3).
 _INT = r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)"
-# U+2212 (minus sign) and U+2013 (en dash) are read as minus: U+2212 then 3 is -3, not 3 (a sign error
-_MINUS = "-\u2212\u2013"  # scored as right)
+# U+2212 (minus sign) and U+2013 (en dash) are read as a minus too: read as 3, U+2212 then 3 scored a sign
+# error as right
+_MINUS = "-\u2212\u2013"
 _NUMBER = re.compile(rf"(?<![\w.])(?:(?<![\w)\]}}])[{_MINUS}])?(?:{_INT}(?:\.\d+)?|\.\d+)(?:/{_INT}(?!\.\d))?")
 _AS_ASCII = str.maketrans({"\u2212": "-", "\u2013": "-", ",": None})
 
