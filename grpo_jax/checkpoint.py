@@ -274,6 +274,16 @@ class Checkpointer:
             raise
         return restored[STATE_ITEM], restored[META_ITEM]
 
+    def restore_meta(self, step: int) -> dict:
+        """Only the ``meta`` saved with checkpoint ``step`` (no arrays are read): to check a run's settings
+        against it before restoring the state, whose structure those settings decide."""
+        self._require_open("restore_meta")
+        self._manager.wait_until_finished()
+        step = _check_step("restore_meta", step)
+        if step not in self.all_steps():
+            raise FileNotFoundError(f"Checkpointer.restore_meta: no checkpoint for step {step} in {self.directory}")
+        return self._manager.restore(step, args=ocp.args.Composite(**{META_ITEM: ocp.args.JsonRestore()}))[META_ITEM]
+
     def _check_against_saved(self, step: int, abstract: Any) -> tuple[list[str], list[str]]:
         """Raise on the first shape/dtype mismatch; return key paths only in abstract / only on disk."""
         metadata = self._manager.item_metadata(step)[STATE_ITEM]

@@ -97,9 +97,10 @@ def test_resume_refuses_a_changed_algorithm(uninterrupted, tmp_path):
     """... but not changed sampler settings that give the same tokens, nor a checkpoint's config written
     before a field existed (it takes the default)."""
     config, run_dir, _, _ = uninterrupted
-    changed = tiny_config("save_steps=1", "num_iterations=2", "grpo.beta=0.1")
-    with pytest.raises(ValueError, match=r"section\(s\) \['grpo'\] differ"):
-        GRPOTrainer(build_context(changed, str(run_dir)), resume=True)
+    for beta in ("0.1", "0"):  # at 0 the state has no reference model: the settings are checked before it is read
+        changed = tiny_config("save_steps=1", "num_iterations=2", f"grpo.beta={beta}")
+        with pytest.raises(ValueError, match=r"section\(s\) \['grpo'\] differ"):
+            GRPOTrainer(build_context(changed, str(run_dir)), resume=True)
     runtime = tiny_config("save_steps=1", "num_iterations=2", "grpo.decode_steps_per_check=4",
                           "grpo.cast_params_once=false", "grpo.decode_phase_tokens=2", "grpo.gather_params_once=false")
     trainer = GRPOTrainer(build_context(runtime, str(run_dir)), resume=True)

@@ -189,11 +189,13 @@ class GRPOTrainer:
                 "that run or choose another --output-dir"
             )
         if resume and latest is not None:
+            # the settings first: they decide the state's structure (a reference model only when beta > 0), so a
+            # changed one would otherwise surface as orbax's structure error after reading the whole checkpoint
+            self._check_resumable(self.checkpointer.restore_meta(latest))
             target = abstract_train_state(ctx.params, self.optimizer, ctx.mesh, with_reference=self.g.beta > 0)
             ctx.params = None  # free the fresh parameters before the restored ones arrive
             self.state, meta = self.checkpointer.restore(target, step=latest)
             self.resumed = True
-            self._check_resumable(meta)
             self.stream.restore(meta["data"])
             self.start_step = int(meta["step"])
             logger.info("resumed from %s at step %d", self.checkpointer.directory, self.start_step)
@@ -373,6 +375,7 @@ class GRPOTrainer:
                 first = self._eval(0)
                 if first:
                     self.metrics.write(0, first)
+                self.metrics.flush()  # as before every checkpoint: a resumed run does not evaluate step 0 again
                 self.checkpointer.save(0, self.state, self._meta(0, first))
             for step in range(self.start_step + 1, run.max_steps + 1):
                 last = self.step(step)

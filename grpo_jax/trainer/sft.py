@@ -10,14 +10,14 @@ after. A run killed during the warm-up redoes it on resume (it is short and dete
 from __future__ import annotations
 
 import logging
-from grpo_jax import storage
 from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
 
+from grpo_jax import storage
 from grpo_jax.distributed import to_host
-from grpo_jax.metrics import MetricsWriter
+from grpo_jax.metrics import METRICS_FILENAME, MetricsWriter
 from grpo_jax.trainer.config import OptimizerConfig
 from grpo_jax.trainer.rollout import encode_prompts
 from grpo_jax.trainer.state import build_optimizer, create_state, state_shardings
@@ -67,6 +67,9 @@ def run_sft(ctx: "RunContext", params: Any) -> Any:
     stream = ctx.prompt_stream(batch_size=cfg.batch_size, seed=ctx.config.data.seed + 1)
     key = jax.random.key(ctx.config.run.seed + 7)
     out_dir = storage.join(ctx.output_dir, "sft")
+    earlier = storage.join(out_dir, METRICS_FILENAME)
+    if jax.process_index() == 0 and storage.exists(earlier):
+        storage.remove(earlier)  # the warm-up always starts from scratch: an interrupted one's lines go
     with MetricsWriter(out_dir, enabled=jax.process_index() == 0, tensorboard=ctx.config.run.tensorboard,
                        progress=ctx.config.run.progress, total_steps=cfg.steps) as writer:
         before = ctx.eval_metrics(state.params, key)
