@@ -44,6 +44,12 @@ def test_gsm8k_jsonl(tmp_path):
         validate_example(e, required=["answer", "final_answer", "question"])
 
 
+def test_a_byte_order_mark_is_skipped(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "\n".join(json.dumps(r) for r in GSM8K).encode())
+    assert [e["final_answer"] for e in load_gsm8k_jsonl(path)] == ["7", "12000", "-3"]
+
+
 def test_gsm8k_gzipped(tmp_path):
     path = tmp_path / "test.jsonl.gz"
     with gzip.open(path, "wt") as f:

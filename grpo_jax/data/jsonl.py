@@ -29,9 +29,10 @@ class DataFormatError(ValueError):
 
 
 def _open_text(path: str):
+    # utf-8-sig: a byte-order mark, as some editors and Windows tools write, is skipped, not a JSON error
     if str(path).endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+        return gzip.open(path, "rt", encoding="utf-8-sig")
+    return open(path, encoding="utf-8-sig")
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
