@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -121,8 +122,6 @@ def _generation_config(ctx) -> dict:
     """generation_config.json for an export: the source checkpoint's, if it has one, with ``eos_token_id`` the
     run's stop ids, so that training or serving from the export stops where the run did (Qwen's chat models
     name <|im_end|> and <|endoftext|> only there)."""
-    import os
-
     source = os.path.join(ctx.config.model.path, "generation_config.json") if ctx.config.model.path else None
     config: dict = {}
     if source and os.path.isfile(source):
@@ -135,8 +134,6 @@ def _generation_config(ctx) -> dict:
 def _save_hf(ctx, params, out: str, **kwargs) -> None:
     """A Hugging Face checkpoint (safetensors, config, generation config, tokenizer) at ``out``, a local path
     or a URL (written locally, then copied there)."""
-    import os
-
     from grpo_jax.models import save_pretrained
     from grpo_jax.models.hf_io import stale_weight_files
 

@@ -118,3 +118,12 @@ def test_entropy_matches_numpy(temperature):
     np.testing.assert_allclose(np.asarray(ent), expected_entropy, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(lp), np.take_along_axis(logp, tokens[..., None], -1)[..., 0], atol=1e-5)
     assert ent.shape == (3, 7) and float(ent.min()) > 0.0
+    # the log-probabilities read from the entropy's log-softmax have the plain path's gradient
+
+    def summed(w_, with_entropy):
+        out = token_logprobs_from_hidden(jnp.asarray(hidden), w_, jnp.asarray(tokens), temperature=temperature,
+                                         chunk_size=3, return_entropy=with_entropy)
+        return jnp.sum(out[0] if with_entropy else out)
+
+    plain, with_entropy = (jax.grad(summed)(jnp.asarray(w), e) for e in (False, True))
+    np.testing.assert_allclose(np.asarray(with_entropy), np.asarray(plain), rtol=1e-5, atol=1e-6)

@@ -76,7 +76,8 @@ def test_extract_answer_default_order_prefers_tag_then_gsm8k_then_boxed_then_num
 def test_headings_reasoning_and_unicode_minus_do_not_decide_the_answer():
     """Found by a review: a markdown heading "#### ..." was read as the answer, a \\boxed{} inside the reasoning
     beat the <answer> tag, and a sign error written with U+2212 scored 1.0."""
-    right = [("#### Final Answer\nThe answer is \\boxed{7}.", "7"), ("The answer is \\boxed{7}.\n\n#### Verification", "7"),
+    right = [("#### Final Answer\nThe answer is \\boxed{7}.", "7"),
+             ("The answer is \\boxed{7}.\n\n#### Verification", "7"),
              ("<think>#### Step 1\n3+4=7</think> <answer>7</answer>", "7"),
              ("<think>Maybe \\boxed{5}? No.</think> <answer>7</answer>", "7"),
              ("The answer is \u22123", "-3"), ("The answer is \u20133", "-3"), ("pages 5\u20137, so 7", "7"),
