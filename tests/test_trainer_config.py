@@ -144,11 +144,14 @@ def test_truncated_prompts_keep_their_end(tmp_path):
     tokenizer = load_tokenizer(tmp_path)
     question = ("Tom has 3 apples and buys 4 more apples at the store on Monday. Then he eats 2 apples. "
                 "How many apples does Tom have now?")
+
+    def render(example):
+        return rollout.prompt_text_of(tokenizer, example, chat_template=False, system_prompt=None, suffix="")
+
+    assert TrainConfig().data.truncate_side == "left"
     for side, kept in (("left", "have now?"), ("right", "Tom has 3")):
         config = apply_overrides(TrainConfig(), [f"model.path={tmp_path}", "data.max_prompt_length=40",
                                                  "data.overlong=truncate", f"data.truncate_side={side}"])
-        render = lambda e: rollout.prompt_text_of(tokenizer, e, chat_template=False, system_prompt=None,  # noqa: E731
-                                                  suffix="")
         ctx = RunContext(config, str(tmp_path), None, None, None, tokenizer, None, [{"prompt": question}], [], [],
                          render, add_special_tokens=True)
         stream = ctx.prompt_stream(batch_size=1, seed=0)
