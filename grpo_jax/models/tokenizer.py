@@ -6,6 +6,7 @@ import json
 import os
 from typing import Any
 
+from grpo_jax.models.gguf_io import find_gguf_file, gguf_tokenizer
 
 _GENERIC_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
 _VOCAB_FILES = (("tokenizer.json",), ("tokenizer.model",), ("vocab.json", "merges.txt"))
@@ -22,11 +23,15 @@ def _saved_class(path: str | os.PathLike) -> str | None:
 def load_tokenizer(path: str | os.PathLike) -> Any:
     """The checkpoint's own tokenizer (local files only; nothing is downloaded), padding on the left.
 
-    Left padding is what batched generation needs: every prompt ends at the same column, so the first
+    ``path`` is a Hugging Face checkpoint directory, or a GGUF file (or a directory holding one), whose
+    metadata describes its tokenizer and chat template. Left padding is what batched generation needs: every prompt ends at the same column, so the first
     generated token of every row is predicted from the last column.
     """
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+    gguf_file = find_gguf_file(path)
+    if gguf_file is not None:
+        return _padded_left(gguf_tokenizer(gguf_file), gguf_file)
     # A tokenizer saved as the generic backend (tokenizer_class "TokenizersBackend", e.g. our character
     # tokenizer) must be loaded as such: AutoTokenizer would pick the class of config.json's model_type
     # (Qwen2Tokenizer for a qwen2 model), whose own pre-tokenizer replaces tokenizer.json's.
@@ -41,10 +46,14 @@ def load_tokenizer(path: str | os.PathLike) -> Any:
         tokenizer = loader.from_pretrained(os.fspath(path), local_files_only=True)
     except (OSError, ValueError) as e:
         raise FileNotFoundError(f"no usable tokenizer files in {os.fspath(path)!r}: {e}") from e
+    return _padded_left(tokenizer, os.fspath(path))
+
+
+def _padded_left(tokenizer: Any, where: str) -> Any:
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
-            raise ValueError(f"tokenizer in {os.fspath(path)!r} has neither a pad nor an eos token to pad with")
+            raise ValueError(f"tokenizer in {where!r} has neither a pad nor an eos token to pad with")
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
