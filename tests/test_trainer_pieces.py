@@ -1,5 +1,5 @@
 """Host-side pieces of the trainer: splits, reward registry, prompt encoding, batch layout, group selection,
-majority voting, the optimizer schedule."""
+majority voting, the optimizer schedule, the sampler-vs-trainer log-prob gap."""
 
 import numpy as np
 import pytest
@@ -9,6 +9,7 @@ from grpo_jax.models.char_tokenizer import ARITHMETIC_ALPHABET, build_char_token
 from grpo_jax.rewards import RewardFailure
 from grpo_jax.trainer.config import DataConfig, GRPOConfig, OptimizerConfig
 from grpo_jax.trainer.evaluation import majority_correct
+from grpo_jax.trainer.loop import logprob_gap
 from grpo_jax.trainer.rollout import Rollout, encode_prompts, informative_groups, select_groups, sequence_batch
 from grpo_jax.trainer.state import learning_rate_schedule
 from grpo_jax.trainer.tasks import load_examples, reward_specs, train_eval_split
@@ -105,6 +106,19 @@ def test_dynamic_sampling_group_selection():
     np.testing.assert_array_equal(chosen.prompt_mask[0], [0, 0, 1, 1])  # re-padded on the left
     assert chosen.texts == ["c00", "c01", "c10", "c11"] and chosen.rewards.tolist() == [1, 0, 0, 1]
     np.testing.assert_array_equal(chosen.tokens[2], second.tokens[0])
+
+
+def test_logprob_gap_counts_only_completion_tokens():
+    # 2 rows x 4 tokens; row 0 ends after 3 tokens, row 1 after 1: past the end the sampler wrote 0 and the
+    # training forward holds whatever the padding scores, far off
+    sampler = np.array([[-1.0, -2.0, -0.5, 0.0], [-3.0, 0.0, 0.0, 0.0]], np.float32)
+    trainer = np.array([[-1.25, -2.0, -0.625, -40.0], [-2.5, -30.0, -7.0, -9.0]], np.float32)
+    mask = np.array([[1, 1, 1, 0], [1, 0, 0, 0]], np.int32)
+    gap = logprob_gap(sampler, trainer, mask)
+    assert gap == pytest.approx({"rollout/logprob_diff_mean": (0.25 + 0.0 + 0.125 + 0.5) / 4,
+                                 "rollout/logprob_diff_max": 0.5}, abs=1e-7)
+    assert logprob_gap(sampler, trainer, np.zeros_like(mask)) == {"rollout/logprob_diff_mean": 0.0,
+                                                                  "rollout/logprob_diff_max": 0.0}
 
 
 def test_majority_vote():

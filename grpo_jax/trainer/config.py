@@ -385,6 +385,15 @@ class RunConfig:
       eval batch; eval_num_samples: k for maj@k with sampling (0 = greedy accuracy only).
     save_steps: checkpoint every N steps (0 = only at the end); save_total_limit: checkpoints kept;
       async_save: write checkpoints in the background.
+    logprob_diff_steps: every N steps (0 = never) log ``rollout/logprob_diff_mean`` / ``_max``: the mean and
+      max over completion tokens of |sampler log-prob - training forward's log-prob| of the sampled tokens
+      under the parameters that sampled them. They differ only by float rounding: the sampler runs a prefill
+      and one-token decode steps over a KV cache, the training forward the whole sequence at once, with
+      other matmul shapes, attention blocking and (in bfloat16 compute) other rounding points. At mu = 1
+      the sampler's log-probs are pi_old, so the first update's ratio pi / pi_old is 1 only up to this
+      gap: it is the off-policy error the clipped ratio sees. Measuring costs one forward pass over the
+      batch on those steps; with mu > 1 the trainer recomputes pi_old with the training forward anyway,
+      and the metrics are logged every step for free (unless 0).
     output_dir: where checkpoints, metrics.jsonl, TensorBoard logs and plots go (None: runs/<name>-<time>).
     tensorboard / plot / progress: the optional outputs.
     """
@@ -400,6 +409,7 @@ class RunConfig:
     save_steps: int = 50
     save_total_limit: int = 3
     async_save: bool = True
+    logprob_diff_steps: int = 10
     output_dir: str | None = None
     tensorboard: bool = True
     plot: bool = True
@@ -409,7 +419,8 @@ class RunConfig:
         s = "run"
         _check_types(s, self)
         _positive(s, self, "max_steps", "eval_batch_size", "save_total_limit")
-        _positive(s, self, "eval_steps", "eval_num_samples", "save_steps", "num_devices", allow_zero=True)
+        _positive(s, self, "eval_steps", "eval_num_samples", "save_steps", "num_devices", "logprob_diff_steps",
+                  allow_zero=True)
         parse_mesh(self.mesh)
         if self.dcn_mesh:
             dcn = parse_mesh(self.dcn_mesh, field="run.dcn_mesh")

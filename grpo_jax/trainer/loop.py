@@ -6,7 +6,8 @@ Each GRPO step k (1-based):
   3. rewards (host), then DAPO's dynamic sampling if enabled (drop groups with equal rewards, sample more
      prompts to refill), then group advantages;
   4. pi_old: the sampler's log-probabilities when mu = 1, else recomputed once for the batch; pi_ref from
-     the frozen reference when beta > 0;
+     the frozen reference when beta > 0; the sampler's vs the training forward's log-probs of the same tokens
+     as rollout/logprob_diff_* (every run.logprob_diff_steps steps; every step when mu > 1, where they are free);
   5. mu passes over num_minibatches minibatches, one jitted, donated, sharded update each;
   6. metrics to OUTPUT_DIR/metrics.jsonl + TensorBoard; eval every eval_steps; checkpoint every save_steps.
 
@@ -156,6 +157,15 @@ def build_context(config: TrainConfig, output_dir: str | None = None) -> RunCont
                        len(eval_examples) - len(kept), len(eval_examples), d.max_prompt_length)
         ctx.eval_examples = kept
     return ctx
+
+
+def logprob_gap(sampler: np.ndarray, trainer: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """``rollout/logprob_diff_mean`` / ``_max``: the mean and max of |sampler - trainer| over the completion
+    tokens (``mask`` > 0) of [N, T] log-probabilities; both 0 when there is no token."""
+    keep = np.asarray(mask) > 0
+    diff = np.abs(np.asarray(sampler, np.float32) - np.asarray(trainer, np.float32))[keep]
+    return {"rollout/logprob_diff_mean": float(diff.mean(dtype=np.float64)) if diff.size else 0.0,
+            "rollout/logprob_diff_max": float(diff.max()) if diff.size else 0.0}
 
 
 def _mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
@@ -311,7 +321,13 @@ class GRPOTrainer:
                                                          prompt_groups[m]))
                                    for m in range(g.num_minibatches)])
 
-        batch["old_logprobs"] = logprobs_of(self.state.params) if g.num_iterations > 1 else r.policy_logprobs
+        # the training forward's log-probs under the sampling params: pi_old when mu > 1, else only to measure
+        # how far the sampler's (pi_old at mu = 1) are from them
+        every = self.ctx.config.run.logprob_diff_steps
+        measure = every > 0 and (g.num_iterations > 1 or step % every == 0)
+        trainer_old = logprobs_of(self.state.params) if g.num_iterations > 1 or measure else None
+        gap = logprob_gap(r.policy_logprobs, trainer_old, r.completion_mask) if measure else {}
+        batch["old_logprobs"] = trainer_old if g.num_iterations > 1 else r.policy_logprobs
         if g.beta > 0:
             batch["ref_logprobs"] = logprobs_of(self.state.ref_params)
         t_logprobs = time.perf_counter() - t1
@@ -349,7 +365,7 @@ class GRPOTrainer:
             "compile/count": total_compiles(), "compile/new": total_compiles() - compiles_before,
             "data/epoch": self.stream.epoch, "batch/prompt_length": int(r.prompt_ids.shape[1]),
             **{f"data/{kind}_prompts": count for kind, count in self.stream.stats.items()},  # so far, for length
-            "batch/prompt_group": min(prompt_groups), **dyn_stats,
+            "batch/prompt_group": min(prompt_groups), **dyn_stats, **gap,
         }
         out["time/step_s"] = time.perf_counter() - t0
         return out
