@@ -159,6 +159,8 @@ class DataConfig:
     path: file or directory for file-based tasks. split: the split to read where a task has splits.
     difficulty / num_examples: arithmetic difficulty level (ArithmeticConfig.from_difficulty) and task size;
       also the number of generated examples for reasoning_gym.
+    arithmetic_template: the arithmetic task's prompt, with ``{expression}`` where "37 + 45" goes (default
+      "{expression} = ?"; an instruct model reads "What is {expression}? ..." better).
     dataset_name: reasoning_gym generator name.
     eval_examples: examples held out for evaluation (0 = no eval).
     eval_split: "prompt": eval_examples distinct prompts, chosen by a seeded hash, that never occur in training
@@ -180,6 +182,7 @@ class DataConfig:
     split: str = "train"
     difficulty: int = 1
     num_examples: int = 100_000
+    arithmetic_template: str = "{expression} = ?"
     dataset_name: str | None = None
     eval_examples: int = 256
     eval_split: str = "prompt"
@@ -199,6 +202,8 @@ class DataConfig:
         _choice(s, self, "overlong", ("drop", "truncate", "error"))
         _choice(s, self, "truncate_side", ("left", "right"))
         _choice(s, self, "eval_split", ("prompt", "examples"))
+        _require("{expression}" in self.arithmetic_template, s, "arithmetic_template", self.arithmetic_template,
+                 "a prompt containing '{expression}'")
         _positive(s, self, "batch_size", "max_prompt_length", "num_examples")
         _positive(s, self, "eval_examples", "difficulty", allow_zero=True)
         if self.task in ("gsm8k_jsonl", "math", "jsonl", "gsm8k_tfds"):

@@ -31,7 +31,7 @@ from grpo_jax.trainer.config import ConfigError, DataConfig, GRPOConfig, is_impo
 def load_examples(data: DataConfig) -> Sequence[Example]:
     """All examples of the configured task (before the train/eval split)."""
     if data.task == "arithmetic":
-        config = ArithmeticConfig.from_difficulty(data.difficulty)
+        config = ArithmeticConfig.from_difficulty(data.difficulty, template=data.arithmetic_template)
         return ArithmeticTask(data.num_examples, seed=data.seed, config=config)
     if data.task == "gsm8k_jsonl":
         return load_gsm8k_jsonl(data.path)
