@@ -15,6 +15,7 @@ transformers' GGUF tokenizer builders, which need only the ``tokenizers`` packag
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -190,25 +191,82 @@ def unpermute_rows(weight_OxI: np.ndarray, heads: int) -> np.ndarray:
             .swapaxes(1, 2).reshape(weight_OxI.shape))
 
 
-def _dequantized(tensor: Any, file: str) -> np.ndarray:
-    """One tensor of the file as float32 in NumPy order ([out, in] for a linear weight)."""
-    import gguf
-
+def _check_type(tensor: Any, file: str) -> None:
     kind = tensor.tensor_type.name
     if kind not in SUPPORTED_TENSOR_TYPES:
         raise GGUFError(f"{file}: tensor {tensor.name!r} is stored as {kind}, which is not supported; "
                         f"supported: {', '.join(SUPPORTED_TENSOR_TYPES)}")
+
+
+def _dequantized(tensor: Any, file: str) -> np.ndarray:
+    """One tensor of the file as float32 in NumPy order ([out, in] for a linear weight)."""
+    import gguf
+
+    _check_type(tensor, file)
     shape = tuple(int(n) for n in reversed(tensor.shape))  # GGUF lists the fastest-varying dimension first
     try:
         values = gguf.dequantize(tensor.data, tensor.tensor_type)
         return np.asarray(values, dtype=np.float32).reshape(shape)
     except Exception as e:
-        raise GGUFError(f"{file}: tensor {tensor.name!r} ({kind}, shape {shape}) cannot be read "
-                        f"(truncated or corrupt?): {type(e).__name__}: {e}") from e
+        raise GGUFError(f"{file}: tensor {tensor.name!r} ({tensor.tensor_type.name}, shape {shape}) cannot be "
+                        f"read (truncated or corrupt?): {type(e).__name__}: {e}") from e
 
 
-def read_gguf(file: str | os.PathLike, **runtime: Any) -> tuple[ModelConfig, dict[str, np.ndarray]]:
-    """(ModelConfig, Hugging Face tensor name -> float32 array in Hugging Face layout) of a GGUF file.
+class GGUFTensors(Mapping):
+    """Hugging Face tensor name -> that tensor of a GGUF file, dequantized to float32 in Hugging Face layout
+    only when it is sliced. The loader places one parameter at a time, so only the tensor being placed is
+    held dequantized (a one-tensor cache serves the slices several devices read of it): host memory holds
+    one float32 tensor, not a float32 copy of the whole model."""
+
+    def __init__(self, file: str, reader: Any, config: ModelConfig):
+        self.file, self.config = file, config
+        self._tensors = {}
+        for tensor in reader.tensors:
+            name = hf_name(tensor.name)
+            if name is None:
+                raise GGUFError(f"{file}: tensor {tensor.name!r} is not part of a {config.model_type} model "
+                                "this loader knows")
+            _check_type(tensor, file)  # refused before anything is placed
+            self._tensors[name] = tensor
+        self._cached: tuple[str, np.ndarray] | None = None
+
+    def __getitem__(self, name: str) -> "LazyTensor":
+        return LazyTensor(self, name, tuple(int(n) for n in reversed(self._tensors[name].shape)))
+
+    def __iter__(self):
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+    def values_of(self, name: str) -> np.ndarray:
+        """The whole tensor ``name``, dequantized (and, for Llama queries and keys, in Hugging Face row order)."""
+        if self._cached is None or self._cached[0] != name:
+            tensor = self._tensors[name]
+            values = _dequantized(tensor, self.file)
+            if self.config.model_type == "llama" and tensor.name.endswith(("attn_q.weight", "attn_k.weight")):
+                c = self.config
+                values = unpermute_rows(values, c.num_attention_heads if "attn_q" in tensor.name
+                                        else c.num_key_value_heads)
+            self._cached = (name, values)
+        return self._cached[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class LazyTensor:
+    """A GGUF tensor that dequantizes when sliced (``shape`` is known without reading it)."""
+
+    source: GGUFTensors
+    name: str
+    shape: tuple[int, ...]
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        return self.source.values_of(self.name)[index]
+
+
+def read_gguf(file: str | os.PathLike, **runtime: Any) -> tuple[ModelConfig, GGUFTensors]:
+    """(ModelConfig, Hugging Face tensor name -> tensor in Hugging Face layout, dequantized when sliced) of a
+    GGUF file.
 
     ``runtime`` sets ModelConfig's run-time options (param_dtype, dtype, remat, ...). Raises GGUFError (bad
     file, unsupported tensor type, unmapped tensor) and UnsupportedModelError (architecture or option).
@@ -216,20 +274,8 @@ def read_gguf(file: str | os.PathLike, **runtime: Any) -> tuple[ModelConfig, dic
     file = os.fspath(file)
     reader = _reader(file)
     metadata = _metadata(reader, file)
-    names = {t.name for t in reader.tensors}
-    config = model_config(metadata, names, file, **runtime)
-    tensors: dict[str, np.ndarray] = {}
-    for tensor in reader.tensors:
-        name = hf_name(tensor.name)
-        if name is None:
-            raise GGUFError(f"{file}: tensor {tensor.name!r} is not part of a {config.model_type} model this "
-                            "loader knows")
-        values = _dequantized(tensor, file)
-        if config.model_type == "llama" and tensor.name.endswith(("attn_q.weight", "attn_k.weight")):
-            heads = config.num_attention_heads if "attn_q" in tensor.name else config.num_key_value_heads
-            values = unpermute_rows(values, heads)
-        tensors[name] = values
-    return config, tensors
+    config = model_config(metadata, {t.name for t in reader.tensors}, file, **runtime)
+    return config, GGUFTensors(file, reader, config)
 
 
 def gguf_tokenizer(file: str | os.PathLike) -> Any:

@@ -108,8 +108,9 @@ def _choice(section: str, obj: Any, field: str, choices: Sequence[str]) -> None:
 class ModelSpec:
     """The policy model.
 
-    path: a local Hugging Face checkpoint directory (config.json, safetensors, tokenizer files); None trains
-      the small architecture below from scratch with a character-level tokenizer over ``alphabet``.
+    path: a local Hugging Face checkpoint directory (config.json, safetensors, tokenizer files), or a GGUF file
+      (or a directory holding one; grpo_jax.models.gguf_io); None trains the small architecture below from
+      scratch with a character-level tokenizer over ``alphabet``.
     param_dtype / dtype: parameter storage dtype (float32 for training) / compute dtype (bfloat16 on
       accelerators). remat: rematerialise layer activations in the backward pass.
     attention_query_block: attention over more queries than this runs in rematerialised blocks of this
