@@ -10,6 +10,7 @@ the tiny models.
 """
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -44,3 +45,22 @@ def test_smollm2_recipe_raises_the_training_reward(recipe, tmp_path):
     before, after = rewards[0], np.mean(rewards[1:])
     assert before < 0.2, rewards  # the task is hard for the model as shipped
     assert after > before + 0.1, rewards
+
+    # the trained run exports as an ordinary Hugging Face directory whose tokenizer, chat template, config and
+    # stop tokens transformers reads back as the GGUF file had them
+    from transformers import AutoConfig, AutoTokenizer
+
+    from grpo_jax.cli import main
+    from grpo_jax.models import load_tokenizer
+
+    out = tmp_path / "export"
+    assert main(["export", str(tmp_path), str(out)]) == 0
+    exported, source = AutoTokenizer.from_pretrained(out), load_tokenizer(recipe.model.path)
+    messages = [{"role": "user", "content": "What is 38 + 75? Answer with just the number."}]
+    rendered = exported.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert rendered == source.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert rendered.startswith("<|im_start|>system\n") and exported(rendered).input_ids == source(rendered).input_ids
+    config = AutoConfig.from_pretrained(out)
+    assert (config.model_type, config.num_hidden_layers, config.tie_word_embeddings, config.rms_norm_eps) == (
+        "llama", 30, True, 1e-5)
+    assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == [2]

@@ -4,7 +4,7 @@ Reading goes through ``gguf``, llama.cpp's own Python reader, which memory-maps 
 its block formats with NumPy; nothing here imports torch. What llama.cpp's converter changed is undone so
 that the tensors come out exactly as the Hugging Face checkpoint had them ([out, in] for linear weights):
 
-* names: ``blk.{i}.attn_q.weight`` -> ``model.layers.{i}.self_attn.q_proj.weight`` and so on (``GGUF_NAMES``);
+* names: ``blk.{i}.attn_q.weight`` -> ``model.layers.{i}.self_attn.q_proj.weight`` and so on (``hf_name``);
 * the Llama family's query and key rows: llama.cpp's converter reorders each head's rows from the
   "rotate halves" rotary layout that Hugging Face uses to interleaved pairs (its ``permute``), which its
   Llama kernels expect; ``unpermute_rows`` reverses it. Qwen2 and Qwen3 files keep the halves layout.
@@ -125,7 +125,7 @@ def model_config(metadata: Mapping[str, Any], tensor_names: set[str], file: str,
     if arch not in SUPPORTED_MODEL_TYPES:
         raise UnsupportedModelError(
             f"{file}: GGUF architecture {arch!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
-    if "rope_freqs.weight" in tensor_names or metadata.get(f"{arch}.rope.scaling.type", "none") not in ("none",):
+    if "rope_freqs.weight" in tensor_names or metadata.get(f"{arch}.rope.scaling.type", "none") != "none":
         raise UnsupportedModelError(f"{file}: rotary scaling (rope_freqs / {arch}.rope.scaling.*) is not "
                                     "implemented for GGUF files")
     if any(n.startswith("blk.") and ".ffn_gate_exps." in n for n in tensor_names):
