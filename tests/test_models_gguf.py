@@ -20,7 +20,9 @@ import jax.numpy as jnp  # noqa: E402
 
 from grpo_jax.models import forward, load_pretrained, load_tokenizer, save_pretrained  # noqa: E402
 from grpo_jax.models.config import UnsupportedModelError  # noqa: E402
-from grpo_jax.models.gguf_io import GGUFError, SUPPORTED_TENSOR_TYPES, find_gguf_file, packaged_gguf, unpermute_rows  # noqa: E402
+from grpo_jax.models.gguf_io import (  # noqa: E402
+    SUPPORTED_TENSOR_TYPES, GGUFError, find_gguf_file, packaged_gguf, unpermute_rows,
+)
 from gguf_files import llama_cpp_permute, write_gguf  # noqa: E402
 from hf_checkpoints import make_checkpoint, torch_logits  # noqa: E402
 
