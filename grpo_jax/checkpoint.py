@@ -45,6 +45,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from grpo_jax.errors import InputNotFoundError
+
 STATE_ITEM = "state"
 META_ITEM = "meta"
 
@@ -246,11 +248,11 @@ class Checkpointer:
         steps = self.all_steps()
         if step is None:
             if not steps:
-                raise FileNotFoundError(f"Checkpointer.restore: no complete checkpoint in {self.directory}")
+                raise InputNotFoundError(f"Checkpointer.restore: no complete checkpoint in {self.directory}")
             step = steps[-1]
         step = _check_step("restore", step)
         if step not in steps:
-            raise FileNotFoundError(
+            raise InputNotFoundError(
                 f"Checkpointer.restore: no checkpoint for step {step} in {self.directory}; "
                 f"available steps: {steps or 'none'}"
             )
@@ -281,7 +283,7 @@ class Checkpointer:
         self._manager.wait_until_finished()
         step = _check_step("restore_meta", step)
         if step not in self.all_steps():
-            raise FileNotFoundError(f"Checkpointer.restore_meta: no checkpoint for step {step} in {self.directory}")
+            raise InputNotFoundError(f"Checkpointer.restore_meta: no checkpoint for step {step} in {self.directory}")
         return self._manager.restore(step, args=ocp.args.Composite(**{META_ITEM: ocp.args.JsonRestore()}))[META_ITEM]
 
     def _check_against_saved(self, step: int, abstract: Any) -> tuple[list[str], list[str]]:

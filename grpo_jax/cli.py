@@ -11,6 +11,10 @@
 Overrides are ``section.field=value`` (or a bare field name when unique), e.g. ``grpo.beta=0``,
 ``max_steps=20``, ``run.mesh=fsdp:-1``; ``--section.field=value`` is accepted too. Unknown fields and invalid
 values are errors before anything is built.
+
+Exit status: 0 on success; 2 with one line ``grpo-jax: error: ...`` for a config or input error (a setting, a
+flag or an input file to fix: grpo_jax.errors.ConfigError); any other exception is a bug and shows its
+traceback (1).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import sys
 from collections.abc import Sequence
 
 from grpo_jax import storage
+from grpo_jax.errors import ConfigError
 
 
 def _add_dataclass_flags(parser: argparse.ArgumentParser, config_type: type) -> None:
@@ -66,11 +71,12 @@ def _train(args: argparse.Namespace) -> int:
 
     config = _config_from(args)
     if args.resume and not args.output_dir and not config.run.output_dir:
-        raise ValueError("--resume needs --output-dir (the run directory to continue)")
-    ctx = build_context(config, args.output_dir)
+        raise ConfigError("--resume needs --output-dir (the run directory to continue)")
+    ctx, params = build_context(config, args.output_dir)
     storage.makedirs(ctx.output_dir)
     print(f"grpo-jax: training {config.name!r} into {ctx.output_dir}", file=sys.stderr)
-    trainer = GRPOTrainer(ctx, resume=args.resume)
+    trainer = GRPOTrainer(ctx, params, resume=args.resume)
+    del params  # the trainer owns them
     trainer.run()
     if trainer.is_writer:
         sft_dir = storage.join(ctx.output_dir, "sft")
@@ -87,9 +93,9 @@ def _sft(args: argparse.Namespace) -> int:
 
     config = _config_from(args)
     if not config.sft.steps:
-        raise ValueError("sft.steps is 0; set e.g. sft.steps=300")
-    ctx = build_context(config, args.output_dir)
-    params = run_sft(ctx, ctx.params)
+        raise ConfigError("sft.steps is 0; set e.g. sft.steps=300")
+    ctx, params = build_context(config, args.output_dir)
+    params = run_sft(ctx, params)
     out = storage.join(ctx.output_dir, "hf")
     _save_hf(ctx, params, out)
     print(f"SFT checkpoint written to {out} (train from it with model.path={out})")
@@ -100,8 +106,8 @@ def _restored(args: argparse.Namespace):
     from grpo_jax.trainer import build_context, load_run_config, restore_params
 
     config = load_run_config(args.run_dir, args.overrides)
-    ctx = build_context(config, args.run_dir)
-    params, step = restore_params(ctx, args.step)
+    ctx, params = build_context(config, args.run_dir)
+    params, step = restore_params(ctx, params, args.step)
     return ctx, params, step
 
 
@@ -111,7 +117,7 @@ def _eval(args: argparse.Namespace) -> int:
     ctx, params, step = _restored(args)
     metrics = ctx.eval_metrics(params, jax.random.key(ctx.config.run.seed + 11))
     if not metrics:
-        raise ValueError("the run's data.eval_examples is 0; pass data.eval_examples=N")
+        raise ConfigError("the run's data.eval_examples is 0; pass data.eval_examples=N")
     metrics["step"] = step
     storage.write_text(storage.join(args.run_dir, f"eval-step{step}.json"), json.dumps(metrics, indent=2))
     print(json.dumps(metrics, indent=2))
@@ -208,8 +214,6 @@ def _split_dashed_overrides(argv: list[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from grpo_jax.trainer.config import ConfigError
-
     argv = _split_dashed_overrides(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -217,8 +221,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.handler(args)
-    except (ConfigError, ValueError, OSError) as e:
-        # configuration and input errors (bad values, missing or unreadable files): one clear line
+    except ConfigError as e:
+        # a setting, a flag or an input file to fix: one clear line. Anything else is a bug (or the machine
+        # failing) and keeps its traceback (exit status 1).
         print(f"grpo-jax: error: {e}", file=sys.stderr)
         return 2
 

@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from grpo_jax.losses import grpo_loss, group_advantages
+from grpo_jax.errors import ConfigError
+from grpo_jax.losses import group_advantages, grpo_loss
 
 NUM_ANSWERS = 10  # the digits 0..9
 
@@ -38,11 +39,12 @@ class DemoConfig:
     def __post_init__(self) -> None:
         for name in ("steps", "num_prompts", "num_iterations"):
             if getattr(self, name) < 1:
-                raise ValueError(f"DemoConfig: `{name}` must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"DemoConfig: `{name}` must be >= 1, got {getattr(self, name)}")
         if self.num_generations < 2:
-            raise ValueError(f"DemoConfig: `num_generations` must be >= 2, got {self.num_generations}")
+            raise ConfigError(f"DemoConfig: `num_generations` must be >= 2, got {self.num_generations}")
         if not 1 <= self.num_prompts <= 55:
-            raise ValueError(f"DemoConfig: `num_prompts` must be in [1, 55] (pairs with a+b<10), got {self.num_prompts}")
+            raise ConfigError(
+                f"DemoConfig: `num_prompts` must be in [1, 55] (pairs with a+b<10), got {self.num_prompts}")
 
 
 def worked_example() -> str:
@@ -66,12 +68,12 @@ def run(config: DemoConfig = DemoConfig(), log: Callable[[str], None] | None = p
     """Train the tabular policy; returns one dict of metrics per step (and logs a line per step)."""
     key_problems, key_init, key = jax.random.split(jax.random.key(config.seed), 3)
     prompts, answers = _problems(config.num_prompts, key_problems)
-    g = config.num_generations
+    group_size = config.num_generations
     params = 0.1 * jax.random.normal(key_init, (config.num_prompts, NUM_ANSWERS))
     ref_params = params
     optimizer = optax.adam(config.learning_rate)
     opt_state = optimizer.init(params)
-    prompt_of_row = jnp.repeat(jnp.arange(config.num_prompts), g)  # group-contiguous rows
+    prompt_of_row = jnp.repeat(jnp.arange(config.num_prompts), group_size)  # group-contiguous rows
 
     def logprobs_of(p: jax.Array, picked: jax.Array) -> jax.Array:
         """[N, 1] log-probabilities of the picked answers (a one-token completion per row)."""
@@ -79,10 +81,10 @@ def run(config: DemoConfig = DemoConfig(), log: Callable[[str], None] | None = p
         return jnp.take_along_axis(logp, picked[:, None], axis=-1)
 
     @jax.jit
-    def sample(p: jax.Array, k: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        picked = jax.random.categorical(k, p[prompt_of_row])  # [N]
+    def sample(p: jax.Array, sample_key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        picked = jax.random.categorical(sample_key, p[prompt_of_row])  # [N]
         rewards = (picked == answers[prompt_of_row]).astype(jnp.float32)
-        return picked, rewards, group_advantages(rewards, g)
+        return picked, rewards, group_advantages(rewards, group_size)
 
     @jax.jit
     def update(p, opt_state, picked, old_logprobs, advantages):
@@ -100,11 +102,11 @@ def run(config: DemoConfig = DemoConfig(), log: Callable[[str], None] | None = p
 
     if log:
         log("worked example: " + worked_example())
-        log(f"training a tabular policy on {config.num_prompts} problems, e.g. {prompts[0]!r}, G={g}")
+        log(f"training a tabular policy on {config.num_prompts} problems, e.g. {prompts[0]!r}, G={group_size}")
     history = []
     for step in range(1, config.steps + 1):
-        key, k = jax.random.split(key)
-        picked, rewards, advantages = sample(params, k)
+        key, sample_key = jax.random.split(key)
+        picked, rewards, advantages = sample(params, sample_key)
         old_logprobs = logprobs_of(params, picked)
         for _ in range(config.num_iterations):
             params, opt_state, metrics = update(params, opt_state, picked, old_logprobs, advantages)

@@ -30,6 +30,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from grpo_jax.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_TIMEOUT_S = 60
@@ -55,13 +57,13 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     if not auto and not explicit:
         return False
     if explicit and (coordinator_address is None or num_processes is None or process_id is None):
-        raise ValueError(
+        raise ConfigError(
             "multi-host: give all of coordinator address, number of processes and process id (got "
             f"coordinator_address={coordinator_address!r}, num_processes={num_processes!r}, "
             f"process_id={process_id!r}), or use auto-detection on a TPU VM"
         )
     if explicit and not 0 <= process_id < num_processes:
-        raise ValueError(f"multi-host: process_id={process_id} must lie in [0, num_processes={num_processes})")
+        raise ConfigError(f"multi-host: process_id={process_id} must lie in [0, num_processes={num_processes})")
     # CPU devices exchange data through gloo (the setting only concerns the CPU backend)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,

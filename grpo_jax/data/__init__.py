@@ -2,15 +2,15 @@
 
 One concern per module: ``example`` (the Example contract), ``arithmetic`` (procedural task),
 ``jsonl`` (GSM8K / MATH files), ``tfds_source`` (GSM8K through tensorflow-datasets, without TensorFlow),
-``reasoning_gym_tasks`` (reasoning-gym generators; optional package), ``humaneval`` (HumanEval), ``iteration`` (seeded, resumable batches,
-splits, the long-prompt policy). Importing this package loads no dataset and needs no network.
+``reasoning_gym_tasks`` (reasoning-gym generators; optional package), ``humaneval`` (HumanEval),
+``iteration`` (seeded, resumable batches, splits, the long-prompt policy). Importing this package loads no
+dataset and needs no network.
 """
 
 from grpo_jax.data.arithmetic import ArithmeticConfig, ArithmeticTask, arithmetic_example
 from grpo_jax.data.example import Example, prompt_text, user_prompt, validate_example, validate_prompt
 from grpo_jax.data.humaneval import humaneval_example, load_humaneval
 from grpo_jax.data.iteration import PromptStream, Subset, split_train_eval
-from grpo_jax.data.reasoning_gym_tasks import load_reasoning_gym, reasoning_gym_reward
 from grpo_jax.data.jsonl import (
     DataFormatError,
     gsm8k_example,
@@ -21,6 +21,7 @@ from grpo_jax.data.jsonl import (
     math_example,
     read_jsonl,
 )
+from grpo_jax.data.reasoning_gym_tasks import load_reasoning_gym, reasoning_gym_reward
 from grpo_jax.data.tfds_source import load_gsm8k_tfds
 
 __all__ = [

@@ -76,7 +76,7 @@ class ArithmeticConfig:
             raise ValueError(f"{name}: `template` must contain '{{expression}}', got {self.template!r}")
 
     @classmethod
-    def from_difficulty(cls, level: int, **overrides) -> "ArithmeticConfig":
+    def from_difficulty(cls, level: int, **overrides) -> ArithmeticConfig:
         """A preset ladder; ``overrides`` replace any field of the preset.
 
         0: a + b, single digits            3: three operands < 100, + -
@@ -118,7 +118,7 @@ def evaluate(operands: Sequence[int], operators: Sequence[str]) -> tuple[Fractio
     """
     terms: list[Fraction] = [Fraction(operands[0])]
     signs: list[int] = [1]
-    for op, x in zip(operators, operands[1:]):
+    for op, x in zip(operators, operands[1:], strict=True):
         if op in "+-":
             terms.append(Fraction(x))
             signs.append(1 if op == "+" else -1)
@@ -128,7 +128,7 @@ def evaluate(operands: Sequence[int], operators: Sequence[str]) -> tuple[Fractio
             if x == 0:
                 return Fraction(0), False
             terms[-1] /= x
-    return sum((s * t for s, t in zip(signs, terms)), Fraction(0)), True
+    return sum((s * t for s, t in zip(signs, terms, strict=True)), Fraction(0)), True
 
 
 def _acceptable(operands, operators, config: ArithmeticConfig) -> Fraction | None:
@@ -145,7 +145,7 @@ def _acceptable(operands, operators, config: ArithmeticConfig) -> Fraction | Non
     if "/" in operators:
         # each product/quotient chain must be integral at every step, e.g. 7 / 2 * 2 is rejected.
         acc = Fraction(operands[0])
-        for op, x in zip(operators, operands[1:]):
+        for op, x in zip(operators, operands[1:], strict=True):
             if op in "+-":
                 acc = Fraction(x)
             elif op == "*":
@@ -189,7 +189,7 @@ def arithmetic_example(index: int, *, seed: int = 0, config: ArithmeticConfig | 
         if value is None:
             continue
         parts = [str(operands[0])]
-        for op, x in zip(operators, operands[1:]):
+        for op, x in zip(operators, operands[1:], strict=True):
             parts += [op, str(x)]
         expression = " ".join(parts)
         answer = str(int(value))

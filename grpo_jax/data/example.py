@@ -13,10 +13,10 @@ Examples are plain dicts so they pass through JSON, multiprocessing and user cod
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, Union
+from typing import Any
 
 Message = dict[str, str]
-Prompt = Union[str, list[Message]]
+Prompt = str | list[Message]
 Example = dict[str, Any]
 
 CHAT_ROLES = ("system", "user", "assistant", "tool")

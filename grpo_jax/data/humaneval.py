@@ -67,7 +67,8 @@ def load_humaneval(path: str | os.PathLike | None = None) -> list[Example]:
         example = humaneval_example(record, where=f"{path}, line {lineno}")
         if example["task_id"] in seen:
             raise DataFormatError(
-                f"{path}, line {lineno}: duplicate task_id {example['task_id']!r} (first at line {seen[example['task_id']]})"
+                f"{path}, line {lineno}: duplicate task_id {example['task_id']!r} "
+                f"(first at line {seen[example['task_id']]})"
             )
         seen[example["task_id"]] = lineno
         examples.append(example)

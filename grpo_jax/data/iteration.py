@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from grpo_jax.data.example import Example, Prompt, prompt_text
+from grpo_jax.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -309,7 +310,7 @@ class PromptStream:
         log = logger.warning if index not in self._logged else logger.debug
         self._logged.add(index)
         if self.overlong == "error":
-            raise ValueError(
+            raise ConfigError(
                 f"PromptStream: prompt of source example {index} has length {length} > max_prompt_length={limit} "
                 f"(overlong='error'): {prompt_text(prompt)[:80]!r}..."
             )
@@ -320,7 +321,7 @@ class PromptStream:
             return None
         truncated = self._truncate(prompt)
         if truncated is None or self.length_fn(truncated) > limit:
-            raise ValueError(
+            raise ConfigError(
                 f"PromptStream: cannot truncate the prompt of source example {index} (length {length}) to "
                 f"max_prompt_length={limit}; pass a `truncate_fn` or use overlong='drop'"
             )
@@ -362,7 +363,7 @@ class PromptStream:
             if example is None:
                 skipped_in_a_row += 1
                 if skipped_in_a_row > self._n:
-                    raise ValueError(
+                    raise ConfigError(
                         f"PromptStream: every one of the {self._n} examples has a prompt longer than "
                         f"max_prompt_length={self.max_prompt_length}; nothing to iterate"
                     )

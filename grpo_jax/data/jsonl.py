@@ -21,10 +21,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from grpo_jax.data.example import Example
+from grpo_jax.errors import ConfigError, InputNotFoundError
 from grpo_jax.latex import brace_group
 
 
-class DataFormatError(ValueError):
+class DataFormatError(ConfigError):
     """A record in a data file is not in the expected format; the message names file and line."""
 
 
@@ -39,7 +40,9 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, record)`` for each non-blank line (1-based line numbers; ``.gz`` accepted)."""
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"read_jsonl: no such file: {path}")
+        raise InputNotFoundError(f"read_jsonl: no such file: {path}")
+    if os.path.isdir(path):
+        raise ConfigError(f"read_jsonl: {path} is a directory; expected a .jsonl, .jsonl.gz or .json file")
     with _open_text(path) as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
@@ -61,7 +64,7 @@ def read_records(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, Any]]
     path = os.fspath(path)
     if path.endswith(".parquet"):
         if not os.path.exists(path):
-            raise FileNotFoundError(f"read_records: no such file: {path}")
+            raise InputNotFoundError(f"read_records: no such file: {path}")
         import pyarrow.parquet as pq
 
         for row, record in enumerate(pq.read_table(path).to_pylist()):

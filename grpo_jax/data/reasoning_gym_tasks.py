@@ -46,6 +46,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from grpo_jax.data.example import Example, user_prompt, validate_example
+from grpo_jax.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ def _check_name(caller: str, name: Any) -> None:
     if not isinstance(name, str) or name not in registry:
         close = difflib.get_close_matches(str(name), registry, n=3)
         hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
-        raise ValueError(
+        raise ConfigError(
             f"{caller}: `name` {name!r} is not a reasoning-gym dataset; {hint}"
             f"reasoning_gym.factory.DATASETS lists all {len(registry)}"
         )

@@ -26,6 +26,7 @@ import os
 
 from grpo_jax.data.example import Example
 from grpo_jax.data.jsonl import DataFormatError, gsm8k_example
+from grpo_jax.errors import ConfigError, InputNotFoundError
 
 DATASET = "gsm8k"
 FILE_FORMAT = "array_record"
@@ -90,18 +91,18 @@ def load_gsm8k_tfds(split: str = "train", *, data_dir: str | os.PathLike | None 
     except tfds.core.DatasetNotFoundError:
         builder = None
     if builder is None or not builder.is_prepared():
-        raise FileNotFoundError(f"{where}: no prepared tfds {DATASET!r} dataset under that data_dir. {PREPARE_HINT}")
+        raise InputNotFoundError(f"{where}: no prepared tfds {DATASET!r} dataset under that data_dir. {PREPARE_HINT}")
     file_format = builder.info.file_format
     if file_format is None or file_format.value != FILE_FORMAT:
         found = None if file_format is None else file_format.value
-        raise ValueError(
+        raise ConfigError(
             f"{where}: the {DATASET!r} dataset in {os.fspath(builder.data_dir)} is prepared in file format "
             f"{found!r}; reading without TensorFlow needs {FILE_FORMAT!r}. {PREPARE_HINT}"
         )
     try:
         source = builder.as_data_source(split=split)
     except ValueError as e:
-        raise ValueError(
+        raise ConfigError(
             f"{where}: `split` must name splits of the prepared dataset {sorted(builder.info.splits)} "
             f"(slices such as 'train[:100]' and unions such as 'train+test' allowed); tfds says: {e}"
         ) from None

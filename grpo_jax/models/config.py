@@ -15,6 +15,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from grpo_jax.errors import ConfigError, InputNotFoundError
 from grpo_jax.models.attention import DEFAULT_QUERY_BLOCK
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
@@ -23,7 +24,7 @@ SUPPORTED_ROPE_TYPES = ("default", "llama3")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(ConfigError):
     """The checkpoint asks for an architecture or an option this model does not implement."""
 
 
@@ -120,13 +121,13 @@ class ModelConfig:
         scaling = self.rope_scaling_dict
         return scaling.get("rope_type", scaling.get("type", "default"))
 
-    def replace(self, **changes: Any) -> "ModelConfig":
+    def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
     # ---- Hugging Face config.json <-> ModelConfig -------------------------------------------------
 
     @classmethod
-    def from_hf(cls, hf_config: Any, **runtime: Any) -> "ModelConfig":
+    def from_hf(cls, hf_config: Any, **runtime: Any) -> ModelConfig:
         """From a transformers ``PretrainedConfig`` (llama / qwen2 / qwen3); ``runtime`` sets dtype etc."""
         model_type = getattr(hf_config, "model_type", None)
         if model_type not in SUPPORTED_MODEL_TYPES:
@@ -182,18 +183,18 @@ class ModelConfig:
         )
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, **runtime: Any) -> "ModelConfig":
+    def from_pretrained(cls, path: str | os.PathLike, **runtime: Any) -> ModelConfig:
         """Read ``path/config.json`` (a local directory; nothing is downloaded)."""
         from transformers import AutoConfig
 
         config_file = os.path.join(path, "config.json")
         if not os.path.isfile(config_file):
-            raise FileNotFoundError(f"no config.json in checkpoint directory {os.fspath(path)!r}")
+            raise InputNotFoundError(f"no config.json in checkpoint directory {os.fspath(path)!r}")
         try:
             with open(config_file, encoding="utf-8") as f:
                 raw = json.load(f)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{config_file} is not valid JSON: {e}") from e
+            raise ConfigError(f"{config_file} is not valid JSON: {e}") from e
         if raw.get("model_type") not in SUPPORTED_MODEL_TYPES:
             raise UnsupportedModelError(
                 f"{config_file}: model_type={raw.get('model_type')!r} is not supported; "

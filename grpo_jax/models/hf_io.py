@@ -31,6 +31,7 @@ from jax.sharding import Mesh, SingleDeviceSharding
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from grpo_jax.errors import ConfigError, InputNotFoundError
 from grpo_jax.models.attention import DEFAULT_QUERY_BLOCK
 from grpo_jax.models.config import ModelConfig
 from grpo_jax.models.gguf_io import find_gguf_file, read_gguf
@@ -94,7 +95,7 @@ def read_block(kind: str, source: Any, index: tuple[slice, ...], shape: tuple[in
     ``source`` is anything sliceable in the Hugging Face layout: a safetensors slice or a NumPy array.
     Head axes are read as whole heads (contiguous rows) and then cut, which is exact for any index.
     """
-    idx = tuple(slice(*s.indices(n)) for s, n in zip(index, shape))
+    idx = tuple(slice(*s.indices(n)) for s, n in zip(index, shape, strict=True))
     if kind == "same":
         return np.asarray(source[idx])
     if kind == "transpose":
@@ -142,14 +143,14 @@ def _weight_files(path: str) -> dict[str, str]:
             with open(index_file, encoding="utf-8") as f:
                 weight_map = json.load(f)["weight_map"]
         except (json.JSONDecodeError, KeyError) as e:
-            raise ValueError(f"{index_file} is not a valid safetensors index (needs a 'weight_map'): {e}") from e
+            raise ConfigError(f"{index_file} is not a valid safetensors index (needs a 'weight_map'): {e}") from e
         missing = sorted({f for f in weight_map.values() if not os.path.isfile(os.path.join(path, f))})
         if missing:
-            raise FileNotFoundError(f"{index_file} names weight files that do not exist: {missing}")
+            raise InputNotFoundError(f"{index_file} names weight files that do not exist: {missing}")
         return {name: os.path.join(path, f) for name, f in weight_map.items()}
     files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
     if not files:
-        raise FileNotFoundError(f"no *.safetensors weights (and no {INDEX_FILE}) in checkpoint directory {path!r}")
+        raise InputNotFoundError(f"no *.safetensors weights (and no {INDEX_FILE}) in checkpoint directory {path!r}")
     mapping: dict[str, str] = {}
     with _opened({os.path.join(path, f) for f in files}) as handles:
         for file, handle in handles.items():
@@ -165,7 +166,7 @@ def _opened(files: set[str]) -> Iterator[dict[str, Any]]:
             try:
                 handles[file] = stack.enter_context(safe_open(file, framework="numpy"))
             except Exception as e:  # safetensors raises its own SafetensorError (and OSError)
-                raise ValueError(f"{file} is not a readable safetensors file ({type(e).__name__}: {e})") from e
+                raise ConfigError(f"{file} is not a readable safetensors file ({type(e).__name__}: {e})") from e
         yield handles
 
 
@@ -256,10 +257,10 @@ def _placed(config: ModelConfig, tensors: Mapping[str, Any], where: str, mesh: M
     expected = {hf for hf, _ in names.values()}
     missing = sorted(expected - set(tensors))
     if missing:
-        raise ValueError(f"checkpoint {where!r} lacks {len(missing)} tensor(s) the config needs, e.g. {missing[:3]}")
+        raise ConfigError(f"checkpoint {where!r} lacks {len(missing)} tensor(s) the config needs, e.g. {missing[:3]}")
     unexpected = sorted(n for n in set(tensors) - expected if not _IGNORED.match(n))
     if unexpected:
-        raise ValueError(
+        raise ConfigError(
             f"checkpoint {where!r} has {len(unexpected)} tensor(s) this {config.model_type} config does not use, "
             f"e.g. {unexpected[:3]}: the config and the weights disagree"
         )
@@ -270,7 +271,7 @@ def _placed(config: ModelConfig, tensors: Mapping[str, Any], where: str, mesh: M
         tensor = tensors[hf_name]
         want = hf_shape(kind, shape)
         if _shape(tensor) != want:
-            raise ValueError(f"tensor {hf_name!r} has shape {_shape(tensor)} but the config needs {want} "
+            raise ConfigError(f"tensor {hf_name!r} has shape {_shape(tensor)} but the config needs {want} "
                              f"(checkpoint {where})")
         sharding = _get(shardings, our_path) if mesh is not None else SingleDeviceSharding(jax.devices()[0])
 
@@ -316,7 +317,7 @@ def save_pretrained(
     hf_config = config.to_hf(dtype=_dtype_name(out_dtype))
 
     tensors: dict[str, np.ndarray] = {}
-    for (our_path, (hf_name, kind)), leaf in zip(names.items(), leaves):
+    for (_our_path, (hf_name, kind)), leaf in zip(names.items(), leaves, strict=True):
         host = np.asarray(jax.device_get(leaf)).astype(out_dtype)
         tensors[hf_name] = np.ascontiguousarray(to_hf_layout(kind, host))
 
@@ -335,14 +336,14 @@ def save_pretrained(
         else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     )
     pending: list[tuple[str, str]] = []
-    for file_name, shard in zip(file_names, shards):
+    for file_name, shard in zip(file_names, shards, strict=True):
         tmp = os.path.join(path, file_name + ".tmp")
         save_file(shard, tmp, metadata={"format": "pt"})
         pending.append((tmp, os.path.join(path, file_name)))
     if len(shards) > 1:
         index = {
             "metadata": {"total_size": int(sum(a.nbytes for a in tensors.values()))},
-            "weight_map": {name: f for f, shard in zip(file_names, shards) for name in shard},
+            "weight_map": {name: f for f, shard in zip(file_names, shards, strict=True) for name in shard},
         }
         tmp = os.path.join(path, INDEX_FILE + ".tmp")
         with open(tmp, "w", encoding="utf-8") as f:

@@ -6,6 +6,7 @@ import json
 import os
 from typing import Any
 
+from grpo_jax.errors import ConfigError, InputNotFoundError
 from grpo_jax.models.gguf_io import find_gguf_file, gguf_tokenizer
 
 _GENERIC_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
@@ -24,8 +25,9 @@ def load_tokenizer(path: str | os.PathLike) -> Any:
     """The checkpoint's own tokenizer (local files only; nothing is downloaded), padding on the left.
 
     ``path`` is a Hugging Face checkpoint directory, or a GGUF file (or a directory holding one), whose
-    metadata describes its tokenizer and chat template. Left padding is what batched generation needs: every prompt ends at the same column, so the first
-    generated token of every row is predicted from the last column.
+    metadata describes its tokenizer and chat template. Left padding is what batched generation needs:
+    every prompt ends at the same column, so the first generated token of every row is predicted from the
+    last column.
     """
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
@@ -39,13 +41,13 @@ def load_tokenizer(path: str | os.PathLike) -> Any:
     # transformers 5 builds an empty default tokenizer from config.json's model_type (qwen2, qwen3) when the
     # directory has no vocabulary at all: every prompt would encode to nothing
     if not any(all(os.path.isfile(os.path.join(os.fspath(path), name)) for name in names) for names in _VOCAB_FILES):
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"no tokenizer vocabulary in {os.fspath(path)!r}: expected one of "
             f"{', '.join(' + '.join(names) for names in _VOCAB_FILES)}")
     try:
         tokenizer = loader.from_pretrained(os.fspath(path), local_files_only=True)
     except (OSError, ValueError) as e:
-        raise FileNotFoundError(f"no usable tokenizer files in {os.fspath(path)!r}: {e}") from e
+        raise InputNotFoundError(f"no usable tokenizer files in {os.fspath(path)!r}: {e}") from e
     return _padded_left(tokenizer, os.fspath(path))
 
 
@@ -53,7 +55,7 @@ def _padded_left(tokenizer: Any, where: str) -> Any:
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
-            raise ValueError(f"tokenizer in {where!r} has neither a pad nor an eos token to pad with")
+            raise ConfigError(f"tokenizer in {where!r} has neither a pad nor an eos token to pad with")
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
@@ -70,10 +72,10 @@ def render_prompt(tokenizer: Any, prompt: str | list[dict[str, str]], *, chat_te
     """
     if not chat_template:
         if not isinstance(prompt, str):
-            raise ValueError("chat-message prompts need the chat template (chat_template=True)")
+            raise ConfigError("chat-message prompts need the chat template (chat_template=True)")
         return prompt
     if not getattr(tokenizer, "chat_template", None):
-        raise ValueError("the recipe asks for the chat template but this tokenizer has none")
+        raise ConfigError("the recipe asks for the chat template but this tokenizer has none")
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
     if system:
         if messages and messages[0].get("role") == "system":
