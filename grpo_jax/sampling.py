@@ -6,11 +6,11 @@ How it works:
      so a training run with varying prompts compiles at most len(prompt buckets) x len(batch buckets)
      times, and in practice a handful.
   2. Prefill runs once per *prompt* (B rows, not B * G) and writes the prompt's keys/values into a KV cache
-     of B rows; the LM head runs on each prompt's last position only. Its G completions (completion j of prompt i is row i * G + j, the layout of
-     grpo_jax.losses) share that cache as a prefix they all attend (``Transformer(prefix=...)``), never
-     copied to their rows; each row's own cache holds only its new tokens. So the KV cache holds
-     B * P + B * G * max_new_tokens slots, not B * G * (P + max_new_tokens), and a decode step reads each
-     prompt's keys and values once, not G times.
+     of B rows; the LM head runs on each prompt's last position only. Its G completions (completion j of
+     prompt i is row i * G + j, the layout of grpo_jax.losses) share that cache as a prefix they all attend
+     (``Transformer(prefix=...)``), never copied to their rows; each row's own cache holds only its new
+     tokens. So the KV cache holds B * P + B * G * max_new_tokens slots, not B * G * (P + max_new_tokens),
+     and a decode step reads each prompt's keys and values once, not G times.
   3. Decoding is a ``lax.while_loop`` inside the same jit: sample a token for every row, append it to the
      cache, run the model on it, repeat, and stop as soon as every row has produced an EOS/stop token (or
      after max_new_tokens). No host round trip per token. The new tokens' cache grows in phases of
@@ -42,11 +42,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from grpo_jax import _validation as v
+from grpo_jax import compilation
 from grpo_jax.distributed import global_rows
 from grpo_jax.matmul import dense
 from grpo_jax.models.model import param_shardings, positions_from_mask
 from grpo_jax.models.transformer import Transformer, init_cache, unembedding_matrix
 from grpo_jax.sharding import logical_sharding
+
+# Field metadata of the SamplingConfig settings that change how the sampler runs (memory, speed) but not the
+# tokens and log-probabilities it produces.
+SAME_TOKENS = {"same_tokens": True}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,10 +102,11 @@ class SamplingConfig:
     pad_token_id: int = 0
     prompt_length_buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048)
     batch_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-    decode_phase_tokens: int = 256
-    cast_params_once: bool = True
-    gather_params_once: bool = True
-    decode_steps_per_check: int | None = None
+    # how the sampler runs, not which tokens it draws (SAME_TOKENS): a resumed run may change these
+    decode_phase_tokens: int = dataclasses.field(default=256, metadata=SAME_TOKENS)
+    cast_params_once: bool = dataclasses.field(default=True, metadata=SAME_TOKENS)
+    gather_params_once: bool = dataclasses.field(default=True, metadata=SAME_TOKENS)
+    decode_steps_per_check: int | None = dataclasses.field(default=None, metadata=SAME_TOKENS)
 
     def __post_init__(self) -> None:
         fn = "SamplingConfig"
@@ -127,6 +133,12 @@ class SamplingConfig:
                 raise ValueError(f"{fn}: `{name}` must be strictly ascending positive sizes, got {buckets}")
         if any(t < 0 for t in self.eos_token_ids):
             raise ValueError(f"{fn}: `eos_token_ids` must be token ids >= 0, got {self.eos_token_ids}")
+
+
+def same_tokens_fields() -> tuple[str, ...]:
+    """Names of the SamplingConfig fields marked SAME_TOKENS: changing them changes how the sampler runs, never
+    what it samples (a resumed run may change them, e.g. on other hardware)."""
+    return tuple(f.name for f in dataclasses.fields(SamplingConfig) if f.metadata.get("same_tokens"))
 
 
 @flax.struct.dataclass
@@ -158,18 +170,11 @@ def bucket_size(n: int, buckets: Sequence[int]) -> int:
     return -(-n // buckets[-1]) * buckets[-1]
 
 
-# Trace-time bookkeeping: incremented only when jax traces (i.e. compiles) the sampler for a new bucket.
-_TRACES = {"count": 0, "last_prefill_rows": None, "last_decode_rows": None}
-
-
 def compile_count() -> int:
-    """How many times the sampler has been traced (compiled) in this process."""
-    return _TRACES["count"]
-
-
-def last_trace_shapes() -> dict[str, Any]:
-    """Rows the prefill and the decode loop saw in the most recent trace (prefill: B, decode: B * G)."""
-    return {"prefill_rows": _TRACES["last_prefill_rows"], "decode_rows": _TRACES["last_decode_rows"]}
+    """How many times the sampler's program has been compiled (or loaded from the persistent compilation
+    cache) in this process: once per (batch bucket, prompt bucket, config, model) it runs with
+    (grpo_jax.compilation)."""
+    return compilation.count(_generate_program.__name__)
 
 
 CDF_BLOCK = 128  # tokens per block of inverse_cdf's two-level search
@@ -207,8 +212,8 @@ def inverse_cdf(weights: jax.Array, u: jax.Array, block: int = CDF_BLOCK) -> jax
 
     weights: [N, V] non-negative (unnormalised probabilities); u: [N] uniform in [0, 1). Returns [N] int32.
     Two levels, not a cumulative sum over all V: the block sums of ``block`` tokens and their cumulative
-    sum pick the block, then a cumulative sum inside that block picks the token. A full-vocabulary cumsum
-    was 5% of a CPU decode loop's op time (XLA lowers it as reduce-windows); the block sums are one pass.
+    sum pick the block, then a cumulative sum inside that block picks the token. XLA lowers a cumulative
+    sum as reduce-windows, slow over a whole vocabulary; the block sums are one pass.
     """
     return _two_level_search(_in_blocks(weights, block, 0.0), u, lambda w: w)[0]
 
@@ -233,7 +238,7 @@ def _choose(logits: jax.Array, key: jax.Array, config: SamplingConfig) -> tuple[
 
     Sampling is by inverse CDF (``sample_logits``): one uniform number per row against the cumulative
     probabilities. It draws from exactly the same distribution as Gumbel-max (``jax.random.categorical``)
-    but needs N random numbers instead of N * V, which on a CPU was a third of a decode step. No [N, V]
+    but needs N random numbers instead of N * V (random bits are not cheap to generate). No [N, V]
     log-probabilities are formed: each log-probability is the token's logit minus a logsumexp.
     """
     scaled = logits / config.temperature
@@ -279,21 +284,51 @@ def sampling_param_shardings(model: Transformer, gather: bool) -> dict:
     return param_shardings(model, rules.mesh, table)
 
 
+@flax.struct.dataclass
+class DecodeState:
+    """The decode loops' carry. N = B * G rows (the batch bucket's), T = the decode steps the loops may run
+    (max_new_tokens rounded up to whole ``decode_steps_per_check`` chunks), L = the new tokens' cache slots
+    of the phase being decoded, V = vocabulary size.
+
+    step: int32 scalar, the index of the token the next step generates (steps run so far).
+    last_logits: [N, V] float32, the logits that token is sampled from.
+    tokens: [N, T] int32, generated tokens, pad_token_id after a row's end.
+    mask: [N, T] int32, 1 on generated tokens up to and including the stop token.
+    logprobs: [N, T] float32, log-probabilities under the distribution sampled from (0 where mask is 0).
+    policy_logprobs: [N, T] float32, log softmax(logits / temperature) (0 where mask is 0).
+    done: [N] bool, the row has produced a stop token (or is bucket padding).
+    cache: the new tokens' KV cache (grpo_jax.models.transformer.init_cache), [N, kv_heads, L, head_dim] leaves.
+    kv_mask: [N, L] int32, 1 on the cache slots holding a row's tokens.
+    key: the jax.random key the next step splits.
+    """
+
+    step: jax.Array
+    last_logits: jax.Array
+    tokens: jax.Array
+    mask: jax.Array
+    logprobs: jax.Array
+    policy_logprobs: jax.Array
+    done: jax.Array
+    cache: Any
+    kv_mask: jax.Array
+    key: jax.Array
+
+
 def _generate_program(model: Transformer, config: SamplingConfig, params, prompt_ids, prompt_mask, key):
-    """The jitted sampler for one (batch bucket, prompt bucket). Shapes: prompt_* [Bb, Pb]."""
-    _TRACES["count"] += 1
-    g, new = config.num_generations, config.max_new_tokens
+    """The jitted sampler for one (batch bucket, prompt bucket). Shapes: prompt_* [Bb, Pb].
+
+    Its compiles are counted under its name (``compile_count``): keep the name unique."""
+    num_generations, new = config.num_generations, config.max_new_tokens
     chunk = config.decode_steps_per_check or 1  # generate() has resolved None for the device
     total = -(-new // chunk) * chunk  # decode steps the loops may run: whole chunks
     b, p = prompt_ids.shape
-    n = b * g
-    _TRACES["last_prefill_rows"], _TRACES["last_decode_rows"] = b, n
+    n = b * num_generations
     rules = model.mesh_rules
     if config.cast_params_once:  # once here, not inside every decode step of the loops below
         params = params_in_compute_dtype(model.config, params)
-    # Pin the parameters' layout. Left to itself, XLA all-gathered the float32 masters whole before the loops
-    # (seen on the 8-device CPU mesh): a 4-byte copy of every parameter on every device. Converted where
-    # they lie first, then gathered: the gathers move compute-dtype bytes.
+    # Pin the parameters' layout: otherwise XLA may all-gather the float32 masters whole before the loops, a
+    # 4-byte copy of every parameter on every device. Converted where they lie first, then gathered: the
+    # gathers move compute-dtype bytes.
     layout = None
     if rules is not None:
         sharded = sampling_param_shardings(model, False)
@@ -304,8 +339,8 @@ def _generate_program(model: Transformer, config: SamplingConfig, params, prompt
         return x if rules is None else jax.lax.with_sharding_constraint(
             x, logical_sharding(axes, x.shape, rules.mesh, rules.rules))
 
-    # The cache of new tokens grows in phases: while generating tokens ends[k - 1] ... ends[k] - 1 it has
-    # ends[k] slots. Phases hold whole chunks of steps, so no chunk crosses a phase's end.
+    # The cache of new tokens grows in phases: while generating tokens ends[i - 1] ... ends[i] - 1 it has
+    # ends[i] slots. Phases hold whole chunks of steps, so no chunk crosses a phase's end.
     phase = -(-config.decode_phase_tokens // chunk) * chunk
     ends = [*range(phase, total, phase), total]
     cache_axes = ("batch", "kv_heads", "length", "head_dim")
@@ -314,66 +349,72 @@ def _generate_program(model: Transformer, config: SamplingConfig, params, prompt
     # i * G ... i * G + G - 1) attend them as a shared prefix, and their own cache holds only new tokens.
     # Only the last prompt position's logits are needed: the LM head runs on [B, D], not [B, P, D] (no
     # [B, P, V] float32 logits), the same matmul the model's own head does.
-    hidden, prompt_cache = model.apply(
+    hidden_BxPxD, prompt_cache = model.apply(
         {"params": params}, prompt_ids, positions_from_mask(prompt_mask), prompt_mask,
         cache=init_cache(model.config, b, p), cache_index=0, return_hidden=True,
     )
     head = unembedding_matrix(model.config, params).astype(model.config.dtype)
-    last_logits = dense(hidden[:, -1], head, preferred_element_type=jnp.float32)
-    last_logits = rows(jnp.repeat(last_logits, g, axis=0), ("batch", "vocab"))
+    last_logits_BxV = dense(hidden_BxPxD[:, -1], head, preferred_element_type=jnp.float32)
+    last_logits_NxV = rows(jnp.repeat(last_logits_BxV, num_generations, axis=0), ("batch", "vocab"))
     cache = jax.tree.map(lambda x: rows(x, cache_axes), init_cache(model.config, n, ends[0]))
     kv_mask = rows(jnp.zeros((n, ends[0]), jnp.int32), ("batch", "length"))
-    first_position = jnp.repeat(jnp.sum(prompt_mask, axis=1), g)  # rotary position of the first new token
+    first_position = jnp.repeat(jnp.sum(prompt_mask, axis=1), num_generations)  # rotary position of token 0
 
-    def keep_going(state, end):
-        t, _, _, _, _, _, done, _, _, _ = state
-        return (t < end) & ~jnp.all(done)
+    def keep_going(state: DecodeState, end: int):
+        return (state.step < end) & ~jnp.all(state.done)
 
-    def step(state):
-        t, last, tokens, out_mask, logprobs, policy_lp, done, cache, kv_mask, key = state
-        key, sub = jax.random.split(key)
-        token, lp, plp = _choose(last, sub, config)
-        live = ~done & (t < new)  # steps past max_new_tokens (the last chunk's) change nothing
+    def step(state: DecodeState) -> DecodeState:
+        t = state.step
+        key, sub = jax.random.split(state.key)
+        token, lp, plp = _choose(state.last_logits, sub, config)
+        live = ~state.done & (t < new)  # steps past max_new_tokens (the last chunk's) change nothing
         token = jnp.where(live, token, config.pad_token_id).astype(jnp.int32)
-        tokens = tokens.at[:, t].set(token)
-        out_mask = out_mask.at[:, t].set(live.astype(jnp.int32))
-        logprobs = logprobs.at[:, t].set(jnp.where(live, lp, 0.0))
-        policy_lp = policy_lp.at[:, t].set(jnp.where(live, plp, 0.0))
-        done = done | (live & jnp.isin(token, jnp.asarray(config.eos_token_ids, jnp.int32)))
-        kv_mask = kv_mask.at[:, t].set(live.astype(kv_mask.dtype))
+        done = state.done | (live & jnp.isin(token, jnp.asarray(config.eos_token_ids, jnp.int32)))
+        kv_mask = state.kv_mask.at[:, t].set(live.astype(state.kv_mask.dtype))
         weights = params
         if layout is not None and not config.gather_params_once:
             # sharded weights gathered as each layer uses them, every step: the barrier ties them to the step
-            # counter, so XLA cannot hoist the gathers out of the loop (it did, on the 8-device CPU mesh)
+            # counter, so XLA cannot hoist the gathers out of the loop (a whole copy, which would not fit)
             weights, _ = jax.lax.optimization_barrier((params, t))
             weights = jax.lax.with_sharding_constraint(weights, layout)
         logits, cache = model.apply(
-            {"params": weights}, token[:, None], (first_position + t)[:, None], kv_mask, cache=cache,
+            {"params": weights}, token[:, None], (first_position + t)[:, None], kv_mask, cache=state.cache,
             cache_index=t, prefix=prompt_cache, prefix_mask=prompt_mask,
         )
-        return t + 1, logits[:, 0], tokens, out_mask, logprobs, policy_lp, done, cache, kv_mask, key
+        return state.replace(
+            step=t + 1, last_logits=logits[:, 0],
+            tokens=state.tokens.at[:, t].set(token),
+            mask=state.mask.at[:, t].set(live.astype(jnp.int32)),
+            logprobs=state.logprobs.at[:, t].set(jnp.where(live, lp, 0.0)),
+            policy_logprobs=state.policy_logprobs.at[:, t].set(jnp.where(live, plp, 0.0)),
+            done=done, cache=cache, kv_mask=kv_mask, key=key,
+        )
 
-    def steps(state):  # the steps between two checks; a fixed trip count, which XLA's GPU runtime runs unwaited
+    def steps(state: DecodeState) -> DecodeState:
+        # the steps between two checks; a fixed trip count, which XLA's GPU runtime runs unwaited
         return step(state) if chunk == 1 else jax.lax.fori_loop(0, chunk, lambda _, s: step(s), state)
 
-    state = (
-        jnp.int32(0), last_logits,
-        jnp.full((n, total), config.pad_token_id, jnp.int32), jnp.zeros((n, total), jnp.int32),
-        jnp.zeros((n, total), jnp.float32), jnp.zeros((n, total), jnp.float32),
+    state = DecodeState(
+        step=jnp.int32(0), last_logits=last_logits_NxV,
+        tokens=jnp.full((n, total), config.pad_token_id, jnp.int32), mask=jnp.zeros((n, total), jnp.int32),
+        logprobs=jnp.zeros((n, total), jnp.float32), policy_logprobs=jnp.zeros((n, total), jnp.float32),
         # rows of bucket padding (no prompt token: generate() refuses such a real row) are done from the
         # start; otherwise they decode freely and, rarely drawing a stop token, keep the loop to its end
-        rows(jnp.repeat(~jnp.any(prompt_mask.astype(bool), axis=1), g), ("batch",)),
-        cache, kv_mask, key,
+        done=rows(jnp.repeat(~jnp.any(prompt_mask.astype(bool), axis=1), num_generations), ("batch",)),
+        cache=cache, kv_mask=kv_mask, key=key,
     )
-    for k, end in enumerate(ends):
-        if k:  # the next phase: room for its tokens (a copy of the cache per phase, not per step)
-            grow = end - ends[k - 1]
-            *head, cache, kv_mask, key = state
-            cache = jax.tree.map(lambda x: rows(jnp.pad(x, ((0, 0), (0, 0), (0, grow), (0, 0))), cache_axes), cache)
-            state = (*head, cache, rows(jnp.pad(kv_mask, ((0, 0), (0, grow))), ("batch", "length")), key)
+    for phase_index, end in enumerate(ends):
+        if phase_index:  # the next phase: room for its tokens (a copy of the cache per phase, not per step)
+            grow = end - ends[phase_index - 1]
+            state = state.replace(
+                cache=jax.tree.map(
+                    lambda x, grow=grow: rows(jnp.pad(x, ((0, 0), (0, 0), (0, grow), (0, 0))), cache_axes),
+                    state.cache),
+                kv_mask=rows(jnp.pad(state.kv_mask, ((0, 0), (0, grow))), ("batch", "length")),
+            )
         state = jax.lax.while_loop(lambda s, end=end: keep_going(s, end), steps, state)
-    ran, _, tokens, out_mask, logprobs, policy_lp, done, _, _, _ = state
-    return SampleResult(tokens[:, :new], out_mask[:, :new], logprobs[:, :new], policy_lp[:, :new], done, ran)
+    return SampleResult(state.tokens[:, :new], state.mask[:, :new], state.logprobs[:, :new],
+                        state.policy_logprobs[:, :new], state.done, state.step)
 
 
 _generate_jit = jax.jit(_generate_program, static_argnums=(0, 1))

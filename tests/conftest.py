@@ -6,13 +6,13 @@ XLA's compiles are most of the suite's time, and many tests compile the same sma
 trainer's sampler, update and log-prob programs) behind fresh ``jax.jit`` wrappers, which JAX's in-memory
 cache does not share. A persistent compilation cache, fresh for each session (so nothing carries over
 between runs), shares them across tests, xdist workers and the subprocesses tests launch. It is keyed by
-the program, its shardings and compile options, so it changes no result; trace counts
-(``compile_counts``) are unaffected. Only compiles over 0.2 s are stored: below that, writing and looking
-up entries costs more than it saves (measured: with every compile stored and the cache's file lock on, the
-suite was slower). Without eviction JAX writes entries without a lock; an entry read while another process
-is writing it fails to load and JAX compiles instead. Measured on test_models_parity, test_trainer_step and
-test_logprobs in one process: 192 s without the cache, 158 s with it. Set GRPO_JAX_TEST_NO_XLA_CACHE=1 to run
-without it.
+the program, its shardings and compile options, so it changes no result; compile counts
+(grpo_jax.compilation) are the same with or without it, as a load from the cache counts as a compile.
+Only compiles over 0.2 s are stored: below that, writing and looking up entries costs more than it saves
+(measured: with every compile stored and the cache's file lock on, the suite was slower). Without eviction JAX
+writes entries without a lock; an entry read while another process is writing it fails to load and JAX
+compiles instead. Measured on test_models_parity, test_trainer_step and test_logprobs in one process: 192 s
+without the cache, 158 s with it. Set GRPO_JAX_TEST_NO_XLA_CACHE=1 to run without it.
 """
 
 import atexit

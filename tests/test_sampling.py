@@ -10,25 +10,25 @@ pytest.importorskip("torch")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from hf_checkpoints import make_checkpoint  # noqa: E402
+from jax.extend import core as jax_core  # noqa: E402
 
+from grpo_jax.distributed import global_rows  # noqa: E402
 from grpo_jax.losses import token_logprobs  # noqa: E402
 from grpo_jax.models import forward, load_pretrained  # noqa: E402
 from grpo_jax.sampling import (  # noqa: E402
     SamplingConfig,
+    _generate_jit,
+    _generate_program,
     bucket_size,
     compile_count,
     generate,
-    _generate_jit,
-    _generate_program,
     inverse_cdf,
-    last_trace_shapes,
     params_in_compute_dtype,
     sample_logits,
     steps_per_check_for,
 )
-from grpo_jax.distributed import global_rows  # noqa: E402
 from grpo_jax.sharding import logical_sharding, make_mesh  # noqa: E402
-from hf_checkpoints import make_checkpoint  # noqa: E402
 
 VOCAB = 96
 
@@ -217,6 +217,25 @@ def test_mesh_gives_the_same_output_as_one_device(checkpoint, loaded, axes, gath
         assert (gathers == 0) if gather else (gathers >= 7 * sharded_model.config.num_hidden_layers), gathers
 
 
+def _hidden_state_shapes(jaxpr, hidden_size: int) -> set[tuple[bool, tuple[int, ...]]]:
+    """(inside a while loop, shape) of every [rows, positions, hidden_size] array with rows > 1 that the
+    program computes, sub-programs (jit, remat, loops' bodies) included: the model's activations."""
+    found = set()
+
+    def walk(jaxpr, in_loop):
+        for eqn in jaxpr.eqns:
+            loop = in_loop or eqn.primitive.name == "while"
+            found.update((loop, v.aval.shape) for v in eqn.outvars if getattr(v.aval, "ndim", 0) == 3
+                         and v.aval.shape[2] == hidden_size and v.aval.shape[0] > 1)
+            for value in eqn.params.values():
+                for sub in value if isinstance(value, (tuple, list)) else (value,):
+                    if isinstance(sub, (jax_core.ClosedJaxpr, jax_core.Jaxpr)):
+                        walk(getattr(sub, "jaxpr", sub), loop)
+
+    walk(jaxpr.jaxpr, False)
+    return found
+
+
 def test_prefill_sees_b_rows_and_compiles_are_bounded_by_buckets(loaded):
     model, params = loaded
     config = SamplingConfig(num_generations=3, max_new_tokens=4, prompt_length_buckets=(8, 16, 32),
@@ -229,8 +248,16 @@ def test_prefill_sees_b_rows_and_compiles_are_bounded_by_buckets(loaded):
         ids, mask = _prompts(int(rng.randint(1000)), lengths=(length, max(1, length // 2)), width=length)
         generate(model, params, ids, mask, jax.random.key(0), config)
         buckets_used.add(bucket_size(length, config.prompt_length_buckets))
-        assert last_trace_shapes() == {"prefill_rows": 4, "decode_rows": 12}  # batch bucket 4: B, then B * G
-    assert compile_count() - before <= len(buckets_used) <= 3
+    # one compile per prompt bucket (a new config: none compiled before), however many calls
+    assert compile_count() - before == len(buckets_used) <= 3
+    hidden = model.config.hidden_size
+    for width in buckets_used:  # the programs generate ran (batch bucket 4): prefill on B rows, decode on B * G
+        padded = (np.zeros((4, width), np.int32), np.ones((4, width), np.int32), jax.random.key(0))
+        jaxpr = jax.make_jaxpr(_generate_program, static_argnums=(0, 1))(model, config, params, *padded)
+        shapes = _hidden_state_shapes(jaxpr, hidden)
+        assert {(loop, s) for loop, s in shapes if s[1] == width} == {(False, (4, width, hidden))}  # the prefill
+        assert {s for loop, s in shapes if loop and s[1] == 1} == {(12, 1, hidden)}  # a decode step's tokens
+    assert compile_count() - before == len(buckets_used)  # tracing compiles nothing
 
 
 def test_decode_phases_give_the_same_completions(loaded):
