@@ -168,7 +168,7 @@ def update_benchmark(size: str, repeats: int, mesh, micro_batches: int | None = 
     return {"size": size, "parameters": int(sum(x.size for x in jax.tree.leaves(params))),
             "rows": rows, "prompt": p, "completion": t, "micro_batches": micro,
             "compile_and_first_s": first, "step_s": statistics.median(times), "step_s_all": times,
-            "model_flops": flops, "loss": float(metrics["loss"])}
+            "model_flops": flops, "loss": float(metrics["loss"].value)}
 
 
 def decode_benchmark(size: str, repeats: int, mesh, param_dtype: Any, cast_params_once: bool = True,
@@ -198,7 +198,8 @@ def decode_benchmark(size: str, repeats: int, mesh, param_dtype: Any, cast_param
         start = time.perf_counter()
         jax.block_until_ready(generate(model, params, ids, mask, key, sampling).tokens)
         first = time.perf_counter() - start
-        t = statistics.median(timed(lambda: generate(model, params, ids, mask, key, sampling).tokens, repeats))
+        t = statistics.median(timed(lambda sampling=sampling: generate(model, params, ids, mask, key, sampling).tokens,
+                                    repeats))
         result[n] = (first, t)
     if profile_dir:
         with jax.profiler.trace(profile_dir, create_perfetto_trace=True):

@@ -190,7 +190,7 @@ def test_sharded_logprobs_and_update_share_prompts(mesh8, single):
                                 temperature=0.9, accumulation_steps=2, token_weighted=False, name="grpo_update")
         for seed in (2, 3):
             state, metrics = update(state, grouped_batch(seed), group)
-        outs.append((jax.device_get(state.params), float(metrics["loss"])))
+        outs.append((jax.device_get(state.params), float(metrics["loss"].value)))
     for p, loss in outs[1:]:
         jax.tree.map(lambda a, c: np.testing.assert_allclose(c, a, rtol=1e-4, atol=1e-5), outs[0][0], p)
         np.testing.assert_allclose(loss, outs[0][1], rtol=1e-4, atol=1e-6)

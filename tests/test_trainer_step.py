@@ -12,6 +12,7 @@ from grpo_jax.losses import token_logprobs
 from grpo_jax.models import ModelConfig, build_model, forward, init_params
 from grpo_jax.sharding import make_mesh
 from grpo_jax.trainer.config import GRPOConfig, OptimizerConfig
+from grpo_jax.trainer.reduction import to_floats
 from grpo_jax.trainer.state import build_optimizer, create_state, state_shardings
 from grpo_jax.trainer.step import (
     completion_logprobs,
@@ -86,7 +87,7 @@ def test_gradient_accumulation_equals_one_big_batch(loss_type, mesh8):
     for k in (1, 4):
         _, state, update = _setup(mesh8, grpo, accumulation=k, lr=1.0, sgd=True)
         state, metrics = update(state, batch)
-        results.append((jax.device_get(state.params), jax.device_get(metrics)))
+        results.append((jax.device_get(state.params), to_floats(metrics)))
     (p1, m1), (p4, m4) = results
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), p1, p4)
     for key in ("loss", "kl", "entropy", "grad_norm", "advantage_mean"):
@@ -101,7 +102,7 @@ def test_sharded_update_equals_single_device(mesh8):
         _, state, update = _setup(mesh, grpo, lr=0.1, sgd=True)
         for seed in range(2):
             state, metrics = update(state, _batch(seed))
-        outs.append((jax.device_get(state.params), float(metrics["loss"])))
+        outs.append((jax.device_get(state.params), float(metrics["loss"].value)))
     for params, loss in outs[1:]:
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), outs[0][0], params)
         np.testing.assert_allclose(loss, outs[0][1], rtol=1e-4, atol=1e-6)
@@ -116,6 +117,7 @@ def test_second_iteration_uses_a_real_pi_old(mesh8):
     batch["old_logprobs"] = np.asarray(logprobs(state.params, batch["input_ids"], batch["attention_mask"], T))
     state, first = update(state, batch)
     state, second = update(state, batch)
+    first, second = to_floats(first), to_floats(second)
     np.testing.assert_allclose([first["ratio_min"], first["ratio_max"]], [1.0, 1.0], atol=1e-5)
     assert abs(float(second["ratio_mean"]) - 1.0) > 1e-3 or float(second["ratio_max"]) > 1.01
     assert float(second["clip_frac"]) > 0.0
@@ -126,6 +128,7 @@ def test_update_donates_the_state_and_steps(mesh8):
     _, state, update = _setup(mesh8, GRPOConfig(beta=0.0))
     old_params = state.params
     new_state, metrics = update(state, _batch())
+    metrics = to_floats(metrics)
     assert int(new_state.step) == 1
     assert jax.tree.leaves(old_params)[0].is_deleted()
     assert np.isfinite(float(metrics["loss"])) and float(metrics["learning_rate"]) == pytest.approx(1e-2)

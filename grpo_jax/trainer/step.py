@@ -13,8 +13,10 @@ Rows are sharded over the mesh's batch axes (data, fsdp); parameters by the logi
 is one ``jax.jit`` with explicit in/out shardings that donates the TrainState: it splits its minibatch into
 ``gradient_accumulation_steps`` micro-batches, of whole prompt groups where it can (a ``lax.scan``), sums
 their gradients weighted so the sum is the gradient of the whole minibatch's loss (by rows for
-per-sequence means, by tokens for token-mean), and applies one optax update. Compiles are counted per
-program (``compile_counts``).
+per-sequence means, by tokens for token-mean), and applies one optax update. The objective returns each
+metric with its reduction (grpo_jax.trainer.reduction.Metric), so the update combines metrics over
+micro-batches without knowing their names, and SFT shares it. Compiles are counted per program
+(``compile_counts``).
 """
 
 from __future__ import annotations
@@ -29,20 +31,22 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from grpo_jax import compilation
 from grpo_jax.distributed import global_rows
 from grpo_jax.losses import grpo_loss, masked_mean, token_logprobs_from_hidden
 from grpo_jax.models.shared_prompt import completion_hidden, shared_prompt_group
 from grpo_jax.models.transformer import Transformer, unembedding_matrix
 from grpo_jax.sharding import logical_sharding
 from grpo_jax.trainer.config import GRPOConfig
+from grpo_jax.trainer.reduction import Metric, accumulate, initial
 from grpo_jax.trainer.state import TrainState
 
-_COMPILES = {"logprobs": 0, "grpo_update": 0, "sft_update": 0}
+PROGRAMS = ("logprobs", "grpo_update", "sft_update")  # the jitted programs' names, as compilation counts them
 
 
 def compile_counts() -> dict[str, int]:
-    """How many times each training program has been traced (compiled) in this process."""
-    return dict(_COMPILES)
+    """How many times each training program has been compiled in this process (grpo_jax.compilation)."""
+    return {name: compilation.count(name) for name in PROGRAMS}
 
 
 def completion_logprobs(model: Transformer, params: Any, input_ids: jax.Array, attention_mask: jax.Array,
@@ -104,9 +108,8 @@ def make_logprobs_fn(model: Transformer, mesh: Mesh, temperature: float, micro_b
     """jit(params, input_ids, attention_mask, completion_length[, prompt_group]) -> [M, T] log pi, rows
     sharded; computed ``micro_batches`` rows-groups at a time (as the update does), so it needs no more memory
     than a micro-batch. ``prompt_group`` as in ``make_update_fn``."""
+    @compilation.named("logprobs")
     def program(params, input_ids, attention_mask, completion_length, prompt_group):
-        _COMPILES["logprobs"] += 1
-
         def one(xs):
             return completion_logprobs(model, params, *xs, completion_length, temperature=temperature,
                                        prompt_group=prompt_group)
@@ -125,17 +128,30 @@ def make_logprobs_fn(model: Transformer, mesh: Mesh, temperature: float, micro_b
     return run
 
 
-# ---- objectives: (log-probabilities [N, T], micro-batch) -> (loss, metrics) ------------------------------
+# ---- objectives: (log-probabilities [N, T], micro-batch) -> (loss, {name: Metric}) ------------------------
+
+# How each of grpo_loss's metrics combines over micro-batches (grpo_jax.trainer.reduction): the loss terms as
+# the loss is aggregated, the per-token means by tokens, the ratio's extremes by max / min.
+# "advantage_mean" is decided per batch (grpo_objective).
+GRPO_REDUCTIONS = {"loss": "loss", "policy_loss": "loss", "kl": "tokens", "clip_frac_low": "tokens",
+                   "clip_frac_high": "tokens", "clip_frac": "tokens", "ratio_mean": "tokens", "ratio_max": "max",
+                   "ratio_min": "min"}
+
 
 def grpo_objective(config: GRPOConfig) -> Callable:
-    """The GRPO loss of one micro-batch with the config's options (grpo_jax.losses.grpo_loss)."""
+    """The GRPO loss of one micro-batch with the config's options (grpo_jax.losses.grpo_loss), and its metrics
+    with their reductions."""
     def objective(logp, batch):
-        return grpo_loss(
-            logp, batch["old_logprobs"], batch.get("ref_logprobs"), batch["advantages"], batch["completion_mask"],
+        advantages = batch["advantages"]
+        loss, metrics = grpo_loss(
+            logp, batch["old_logprobs"], batch.get("ref_logprobs"), advantages, batch["completion_mask"],
             clip_eps=config.epsilon, clip_eps_high=config.epsilon_high, beta=config.beta,
             kl_estimator=config.kl_estimator, ratio_level=config.importance_sampling_level,
             aggregation=config.aggregation, max_tokens=logp.shape[1],
         )
+        # a mean over rows for per-completion advantages [N], over loss tokens for per-token ones [N, T]
+        reductions = dict(GRPO_REDUCTIONS, advantage_mean="rows" if advantages.ndim == 1 else "tokens")
+        return loss, {name: Metric(value, reductions[name]) for name, value in metrics.items()}
     return objective
 
 
@@ -143,7 +159,7 @@ def sft_objective(logp, batch):
     """Negative log-likelihood per target token (token mean over the micro-batch)."""
     mask = batch["completion_mask"]
     nll = -jnp.sum(logp * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-    return nll, {"loss": nll}
+    return nll, {"loss": Metric(nll, "loss")}
 
 
 def micro_batch_weights(mask: jax.Array, num_micro: int, by_tokens: bool) -> jax.Array:
@@ -160,59 +176,57 @@ def make_update_fn(model: Transformer, optimizer: optax.GradientTransformation, 
                    accumulation_steps: int, token_weighted: bool, name: str) -> Callable:
     """jit(state, batch) -> (state, metrics): one optimizer update on a minibatch (see module docstring).
 
-    ``batch`` is a dict of row-sharded arrays; ``metrics`` are replicated float32 scalars: the objective's
-    metrics (micro-batch weighted), "entropy" (mean over loss tokens), "grad_norm" and "learning_rate".
-    The state argument is donated. ``prompt_group`` g: the rows are runs of g that share a prompt (default:
-    found from a host batch's data, ``prompt_group_of``); each micro-batch takes whole runs
-    (``split_micro(..., block=g)``) and computes each prompt once. One program is compiled per g seen.
+    ``objective(logp, micro_batch) -> (loss, {name: Metric})``. ``batch`` is a dict of row-sharded arrays;
+    ``metrics`` is {name: Metric} of replicated float32 scalars, the whole minibatch's values: the objective's
+    metrics, each combined over the micro-batches as its ``reduce`` says (grpo_jax.trainer.reduction), plus
+    "entropy" (mean over loss tokens), "grad_norm" and "learning_rate" (of the update; reduce "loss", so
+    their mean over updates). The state argument is donated. ``prompt_group``: the rows are runs of that many
+    that share a prompt (default: found from a host batch's data, ``prompt_group_of``); each micro-batch takes
+    whole runs (``split_micro(..., block=prompt_group)``) and computes each prompt once. One program is
+    compiled per prompt_group seen.
     """
-    k = accumulation_steps
+    num_micro = accumulation_steps
 
+    @compilation.named(name)
     def program(state: TrainState, batch: dict[str, jax.Array], prompt_group: int):
-        _COMPILES[name] += 1
-        t = batch["completion_mask"].shape[1]
-        micro = jax.tree.map(lambda x: split_micro(x, k, prompt_group), batch)
+        completion_length = batch["completion_mask"].shape[1]
+        micro = jax.tree.map(lambda x: split_micro(x, num_micro, prompt_group), batch)
         micro_masks = micro["completion_mask"]
-        weights = {"loss": micro_batch_weights(micro_masks, k, token_weighted),
-                   "tokens": micro_batch_weights(micro_masks, k, True),
-                   "rows": micro_batch_weights(micro_masks, k, False)}
+        # [K] weights per reduction name (grpo_jax.trainer.reduction); "loss" also weighs the gradients
+        weights = {"loss": micro_batch_weights(micro_masks, num_micro, token_weighted),
+                   "tokens": micro_batch_weights(micro_masks, num_micro, True),
+                   "rows": micro_batch_weights(micro_masks, num_micro, False)}
 
         def loss_fn(params, mb, weight):
-            logp, entropy = completion_logprobs(model, params, mb["input_ids"], mb["attention_mask"], t,
-                                                temperature=temperature, with_entropy=True,
+            logp, entropy = completion_logprobs(model, params, mb["input_ids"], mb["attention_mask"],
+                                                completion_length, temperature=temperature, with_entropy=True,
                                                 prompt_group=prompt_group)
             loss, metrics = objective(logp, mb)
-            metrics = dict(metrics, entropy=masked_mean(jax.lax.stop_gradient(entropy), mb["completion_mask"]))
-            return loss * weight, metrics
+            plain = sorted(metric_name for metric_name, m in metrics.items() if not isinstance(m, Metric))
+            if plain:
+                raise TypeError(f"make_update_fn: the objective's metrics {plain} are not "
+                                "grpo_jax.trainer.reduction.Metric (a value and how it reduces over micro-batches)")
+            entropy = masked_mean(jax.lax.stop_gradient(entropy), mb["completion_mask"])
+            return loss * weight, dict(metrics, entropy=Metric(entropy, "tokens"))
 
         grad_fn = jax.grad(loss_fn, has_aux=True)
 
-        def combine(name, total, value, w):
-            """Whole-minibatch value of a metric from its micro-batch values."""
-            if name in ("ratio_max", "ratio_min"):  # a micro-batch without loss tokens has no ratio
-                extreme = jnp.maximum(total, value) if name == "ratio_max" else jnp.minimum(total, value)
-                return jnp.where(w["tokens"] > 0, extreme, total)
-            per_row_advantages = name == "advantage_mean" and batch["advantages"].ndim == 1  # else a token mean
-            kind = "loss" if name in ("loss", "policy_loss") else "rows" if per_row_advantages else "tokens"
-            return total + w[kind] * value
-
-        def accumulate(carry, xs):
+        def add_micro_batch(carry, xs):
             grads, metrics = carry
             mb, w = xs
-            g, m = grad_fn(state.params, mb, w["loss"])
-            grads = jax.tree.map(jnp.add, grads, g)
-            metrics = {name: combine(name, metrics[name], m[name], w) for name in metrics}
+            micro_grads, micro_metrics = grad_fn(state.params, mb, w["loss"])
+            grads = jax.tree.map(jnp.add, grads, micro_grads)
+            metrics = {key: accumulate(total, micro_metrics[key], w) for key, total in metrics.items()}
             return (grads, metrics), None
 
         metric_shapes = jax.eval_shape(lambda: loss_fn(state.params, jax.tree.map(lambda x: x[0], micro), 1.0)[1])
-        start = {"ratio_max": -jnp.inf, "ratio_min": jnp.inf}
         init = (jax.tree.map(jnp.zeros_like, state.params),
-                {name: jnp.full(s.shape, start.get(name, 0.0), s.dtype) for name, s in metric_shapes.items()})
-        (grads, metrics), _ = jax.lax.scan(accumulate, init, (micro, weights))
+                {key: initial(shape) for key, shape in metric_shapes.items()})
+        (grads, metrics), _ = jax.lax.scan(add_micro_batch, init, (micro, weights))
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics["grad_norm"] = optax.tree.norm(grads)
-        metrics["learning_rate"] = jnp.asarray(schedule(state.step), jnp.float32)
+        metrics["grad_norm"] = Metric(optax.tree.norm(grads), "loss")
+        metrics["learning_rate"] = Metric(jnp.asarray(schedule(state.step), jnp.float32), "loss")
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         return new_state, metrics
 
@@ -230,7 +244,7 @@ def make_update_fn(model: Transformer, optimizer: optax.GradientTransformation, 
     @functools.wraps(program)
     def run(state: TrainState, batch: dict[str, Any], prompt_group: int | None = None):
         group = prompt_group or prompt_group_of(batch["input_ids"], batch["attention_mask"],
-                                                np.shape(batch["completion_mask"])[1], k)
+                                                np.shape(batch["completion_mask"])[1], num_micro)
         rows = {key: place_rows(value, mesh) for key, value in batch.items()}
         return jitted(group)(state, rows)
 
