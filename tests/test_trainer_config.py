@@ -10,8 +10,8 @@ import pytest
 
 from grpo_jax.trainer import ConfigError, GRPOConfig, TrainConfig, apply_overrides, load_config
 from grpo_jax.trainer.config import DataConfig, parse_mesh
+from grpo_jax.trainer.context import run_sampling_config
 from grpo_jax.trainer.default import get_config
-from grpo_jax.trainer.loop import sampling_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,16 +23,18 @@ def test_overrides_parse_by_field_type():
         "--grpo.loss_type=dr_grpo", "model.attention_query_block=64", "grpo.decode_phase_tokens=64",
         "grpo.cast_params_once=false", "grpo.top_k=5", "grpo.gather_params_once=false", "decode_steps_per_check=4",
     ])
-    g = config.grpo
-    assert (g.beta, g.epsilon_high, g.rewards, g.reward_weights) == (0.0, 0.28, ("math", "format"), (1.0, 0.5))
-    assert g.mask_truncated_completions is True and g.aggregation == "seq-mean-token-sum-norm"
+    grpo = config.grpo
+    assert (grpo.beta, grpo.epsilon_high, grpo.rewards, grpo.reward_weights) == (0.0, 0.28, ("math", "format"),
+                                                                              (1.0, 0.5))
+    assert grpo.mask_truncated_completions is True and grpo.aggregation == "seq-mean-token-sum-norm"
     assert config.run.mesh_axes == {"fsdp": 4, "tensor": 2} and config.run.max_steps == 7
     assert config.data.system_prompt is None and config.name == "exp1"
     assert config.model.attention_query_block == 64
-    sampling = sampling_config(g, 100, (7, 9), 0)  # what the sampler gets
+    sampling = run_sampling_config(config.sampling, 100, (7, 9), 0)  # what the sampler gets
     assert (sampling.decode_phase_tokens, sampling.cast_params_once, sampling.top_k) == (64, False, 5)
     assert sampling.gather_params_once is False and sampling.decode_steps_per_check == 4
-    assert sampling_config(TrainConfig().grpo, 100, (7,), 0).decode_steps_per_check is None  # generate() decides
+    # None: generate() decides for the device
+    assert run_sampling_config(TrainConfig().sampling, 100, (7,), 0).decode_steps_per_check is None
     assert (sampling.eos_token_ids, sampling.max_new_tokens, sampling.num_generations) == ((7, 9), 256, 8)
     assert sampling.prompt_length_buckets == (16, 32, 64, 128)  # up to the bucket of a 100-token prompt
     assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
@@ -42,19 +44,22 @@ def test_overrides_parse_by_field_type():
     ("bogus=1", "'bogus' is not a config field"),
     ("grpo.bogus=1", "no field 'grpo.bogus'"),
     ("batch_size=4", "ambiguous: use one of ['data.batch_size', 'sft.batch_size']"),
-    ("grpo.num_generations=1", "grpo.num_generations=1 is invalid: expected an int >= 2"),
+    ("grpo.num_generations=1", "sampling.num_generations=1 is invalid: expected an int >= 2"),
     ("grpo.loss_type=ppo", "grpo.loss_type='ppo' is invalid"),
     ("optimizer.learning_rate=fast", "optimizer.learning_rate='fast': expected a number"),
-    ("grpo.top_p=1.5", "grpo.top_p=1.5 is invalid: expected a number in (0, 1]"),
+    ("grpo.top_p=1.5", "sampling: SamplingConfig: `top_p` must be in (0, 1], got 1.5"),
+    ("sampling.greedy=true", "sampling.greedy=True would give every completion of a group the same tokens"),
+    ("sampling.pad_token_id=3", "a run takes the pad token from its tokenizer"),
+    ("temperature=0", "sampling: SamplingConfig: `temperature`"),
     ("run.mesh=model:8", "run.mesh='model:8' is invalid"),
     ("grpo.num_minibatches=3", "grpo.num_minibatches=3 must divide the 128 completions"),
     ("grpo.rewards=code", "the code reward needs a task with tests"),
     ("data.task=gsm8k_jsonl", "data.path=None is invalid"),
     ("beta", "is not of the form field=value"),
     ("model.attention_query_block=0", "model.attention_query_block=0 is invalid: expected a number > 0"),
-    ("grpo.decode_phase_tokens=0", "grpo.decode_phase_tokens=0 is invalid: expected a number > 0"),
-    ("grpo.cast_params_once=maybe", "grpo.cast_params_once='maybe'"),
-    ("grpo.decode_steps_per_check=0", "grpo.decode_steps_per_check=0 is invalid: expected a number > 0"),
+    ("grpo.decode_phase_tokens=0", "SamplingConfig: `decode_phase_tokens`"),
+    ("grpo.cast_params_once=maybe", "sampling.cast_params_once='maybe'"),
+    ("sampling.decode_steps_per_check=0", "SamplingConfig: `decode_steps_per_check`"),
     ("data.truncate_side=middle", "data.truncate_side='middle' is invalid"),
     ("data.system_prompt=Be brief.", "data.system_prompt is set but data.chat_template=False"),
 ])
@@ -113,13 +118,13 @@ def test_default_run_builds_and_steps(tmp_path):
 
 
 def test_mesh_presets_and_shapes_checked_before_anything_compiles():
-    from grpo_jax import sampling
+    from grpo_jax import compilation, sampling
     from grpo_jax.trainer import build_context
     from grpo_jax.trainer.config import parse_mesh
     from grpo_jax.trainer.step import compile_counts
 
     assert parse_mesh("dp") == {"data": -1} and parse_mesh("fsdp_tp2") == {"fsdp": -1, "tensor": 2}
-    before = (sampling.compile_count(), compile_counts())
+    before = (sampling.compile_count(), compile_counts(), compilation.counts())  # the last: any jitted function
     for overrides, message in ((["run.mesh=fsdp:3"], "mesh {'fsdp': 3} needs 3 devices but 8 are available"),
                                (["run.mesh=fsdp:-1,tensor:3"],
                                 "8 devices are not divisible by the fixed axes' product 3"),
@@ -128,7 +133,7 @@ def test_mesh_presets_and_shapes_checked_before_anything_compiles():
                                 "and 1 host process(es)")):
         with pytest.raises(ValueError, match=re.escape(message)):
             build_context(apply_overrides(TrainConfig(), overrides), "/tmp/unused")
-    assert (sampling.compile_count(), compile_counts()) == before
+    assert (sampling.compile_count(), compile_counts(), compilation.counts()) == before
 
 
 def test_truncated_prompts_keep_their_end(tmp_path):
@@ -138,7 +143,7 @@ def test_truncated_prompts_keep_their_end(tmp_path):
 
     from grpo_jax.models import load_tokenizer
     from grpo_jax.trainer import rollout
-    from grpo_jax.trainer.loop import RunContext
+    from grpo_jax.trainer.context import RunContext
 
     make_tokenizer(tmp_path)
     tokenizer = load_tokenizer(tmp_path)
@@ -152,8 +157,9 @@ def test_truncated_prompts_keep_their_end(tmp_path):
     for side, kept in (("left", "have now?"), ("right", "Tom has 3")):
         config = apply_overrides(TrainConfig(), [f"model.path={tmp_path}", "data.max_prompt_length=40",
                                                  "data.overlong=truncate", f"data.truncate_side={side}"])
-        ctx = RunContext(config, str(tmp_path), None, None, None, tokenizer, None, [{"prompt": question}], [], [],
-                         render, add_special_tokens=True)
+        ctx = RunContext(config=config, output_dir=str(tmp_path), mesh=None, model=None, tokenizer=tokenizer,
+                         sampling=None, train_examples=[{"prompt": question}], eval_examples=[], specs=(),
+                         render=render, add_special_tokens=True)
         stream = ctx.prompt_stream(batch_size=1, seed=0)
         prompt = stream.next_batch()[0]["prompt"]
         assert kept in prompt and len(prompt) < len(question) and stream.stats["truncated"] == 1, (side, prompt)

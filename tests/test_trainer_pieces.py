@@ -9,7 +9,7 @@ from grpo_jax.models.char_tokenizer import ARITHMETIC_ALPHABET, build_char_token
 from grpo_jax.rewards import RewardFailure
 from grpo_jax.trainer.config import DataConfig, GRPOConfig, OptimizerConfig
 from grpo_jax.trainer.evaluation import majority_correct
-from grpo_jax.trainer.loop import logprob_gap
+from grpo_jax.trainer.loop import logprob_gap, logprob_gap_sums
 from grpo_jax.trainer.rollout import Rollout, encode_prompts, informative_groups, select_groups, sequence_batch
 from grpo_jax.trainer.state import learning_rate_schedule
 from grpo_jax.trainer.tasks import load_examples, reward_specs, train_eval_split
@@ -114,11 +114,13 @@ def test_logprob_gap_counts_only_completion_tokens():
     sampler = np.array([[-1.0, -2.0, -0.5, 0.0], [-3.0, 0.0, 0.0, 0.0]], np.float32)
     trainer = np.array([[-1.25, -2.0, -0.625, -40.0], [-2.5, -30.0, -7.0, -9.0]], np.float32)
     mask = np.array([[1, 1, 1, 0], [1, 0, 0, 0]], np.int32)
-    gap = logprob_gap(sampler, trainer, mask)
-    assert gap == pytest.approx({"rollout/logprob_diff_mean": (0.25 + 0.0 + 0.125 + 0.5) / 4,
-                                 "rollout/logprob_diff_max": 0.5}, abs=1e-7)
-    assert logprob_gap(sampler, trainer, np.zeros_like(mask)) == {"rollout/logprob_diff_mean": 0.0,
-                                                                  "rollout/logprob_diff_max": 0.0}
+    expected = {"rollout/logprob_diff_mean": (0.25 + 0.0 + 0.125 + 0.5) / 4, "rollout/logprob_diff_max": 0.5}
+    assert logprob_gap([logprob_gap_sums(sampler, trainer, mask)]) == pytest.approx(expected, abs=1e-7)
+    # minibatches (here: one row each) add up to the whole batch's
+    halves = [logprob_gap_sums(sampler[i:i + 1], trainer[i:i + 1], mask[i:i + 1]) for i in range(2)]
+    assert logprob_gap(halves) == pytest.approx(expected, abs=1e-7)
+    assert logprob_gap([logprob_gap_sums(sampler, trainer, np.zeros_like(mask))]) == {
+        "rollout/logprob_diff_mean": 0.0, "rollout/logprob_diff_max": 0.0}
 
 
 def test_majority_vote():

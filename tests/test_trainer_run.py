@@ -1,6 +1,7 @@
 """End-to-end GRPO runs: outputs, mesh independence, exact resume, SIGKILL during a save, compile counts,
 learning, dynamic sampling. Every run is a ~20k-parameter model on single-digit sums (tests/trainer_runs.py)."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -11,19 +12,19 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from subprocess_lines import LineReader
+from trainer_runs import params_equal, tiny_config
 
 from grpo_jax.metrics import read_metrics
 from grpo_jax.rewards import RewardSpec
 from grpo_jax.trainer import build_context, restore_params, train
 from grpo_jax.trainer.loop import GRPOTrainer
-from subprocess_lines import LineReader
-from trainer_runs import params_equal, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _final_params(config, run_dir):
-    return jax.device_get(restore_params(build_context(config, str(run_dir)))[0])
+    return jax.device_get(restore_params(*build_context(config, str(run_dir)))[0])
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +91,7 @@ def test_resume_after_a_crash_is_bit_identical(uninterrupted, tmp_path, monkeypa
     train(config, output_dir=str(tmp_path), resume=True)
     resumed = read_metrics(tmp_path)
     assert [r["step"] for r in resumed] == [0, 1, 2, 3, 4]
-    for a, b in zip(reference, resumed):
+    for a, b in zip(reference, resumed, strict=True):
         for key in ("loss", "reward/mean", "kl", "grad_norm", "eval/accuracy"):
             if key in a:
                 assert a[key] == b[key], (a["step"], key)
@@ -121,12 +122,14 @@ def test_resume_refuses_a_changed_algorithm(uninterrupted, tmp_path):
     for beta in ("0.1", "0"):  # at 0 the state has no reference model: the settings are checked before it is read
         changed = tiny_config("save_steps=1", "num_iterations=2", f"grpo.beta={beta}")
         with pytest.raises(ValueError, match=r"section\(s\) \['grpo'\] differ"):
-            GRPOTrainer(build_context(changed, str(run_dir)), resume=True)
+            GRPOTrainer(*build_context(changed, str(run_dir)), resume=True)
+    # TRL's spellings (grpo.*) and the section's own names (sampling.*) set the same fields
     runtime = tiny_config("save_steps=1", "num_iterations=2", "grpo.decode_steps_per_check=4",
-                          "grpo.cast_params_once=false", "grpo.decode_phase_tokens=2", "grpo.gather_params_once=false")
-    trainer = GRPOTrainer(build_context(runtime, str(run_dir)), resume=True)
+                          "sampling.cast_params_once=false", "grpo.decode_phase_tokens=2",
+                          "sampling.gather_params_once=false")
+    trainer = GRPOTrainer(*build_context(runtime, str(run_dir)), resume=True)
     older = config.to_dict()
-    del older["grpo"]["decode_steps_per_check"], older["optimizer"]["max_grad_norm"]
+    del older["sampling"]["decode_steps_per_check"], older["optimizer"]["max_grad_norm"]
     trainer._check_resumable({"config": older})
     older["optimizer"]["learning_rate"] *= 2
     with pytest.raises(ValueError, match=r"section\(s\) \['optimizer'\] differ"):
@@ -185,7 +188,7 @@ def test_mesh_of_eight_devices_matches_one_device(tmp_path):
         train(config, output_dir=str(tmp_path / str(i)))
         losses.append([r["loss"] for r in read_metrics(tmp_path / str(i))])
         params.append(_final_params(config, tmp_path / str(i)))
-    for other_losses, other_params in zip(losses[1:], params[1:]):
+    for other_losses, other_params in zip(losses[1:], params[1:], strict=True):
         np.testing.assert_allclose(other_losses, losses[0], rtol=1e-4, atol=1e-6)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), params[0], other_params)
 
@@ -215,9 +218,9 @@ def _sevens(completions, **_):
 def test_reward_rises_on_a_learnable_task(tmp_path):
     config = tiny_config("max_steps=25", "eval_examples=0", "save_steps=0", "optimizer.learning_rate=1e-2", "beta=0",
                          "plot=false", "tensorboard=false")
-    ctx = build_context(config, str(tmp_path))
-    ctx.specs = [RewardSpec(_sevens, name="math")]  # the task: write as many 7s as fit in 4 tokens
-    GRPOTrainer(ctx).run()
+    ctx, params = build_context(config, str(tmp_path))
+    ctx = dataclasses.replace(ctx, specs=(RewardSpec(_sevens, name="math"),))  # write as many 7s as fit in 4 tokens
+    GRPOTrainer(ctx, params).run()
     rewards = [r["reward/mean"] for r in read_metrics(tmp_path)]
     assert np.mean(rewards[:3]) < 0.2 and np.mean(rewards[-3:]) > 0.6, rewards
 
@@ -225,9 +228,9 @@ def test_reward_rises_on_a_learnable_task(tmp_path):
 def test_dynamic_sampling_refills_with_informative_groups(tmp_path):
     config = tiny_config("max_steps=2", "eval_examples=0", "save_steps=0", "dynamic_sampling=true",
                          "max_resample_rounds=2")
-    ctx = build_context(config, str(tmp_path))
-    ctx.specs = [RewardSpec(lambda completions, **_: [float(c.startswith("1")) for c in completions], name="math")]
-    GRPOTrainer(ctx).run()
+    ctx, params = build_context(config, str(tmp_path))
+    starts_with_1 = RewardSpec(lambda completions, **_: [float(c.startswith("1")) for c in completions], name="math")
+    GRPOTrainer(dataclasses.replace(ctx, specs=(starts_with_1,)), params).run()
     for r in read_metrics(tmp_path):
         assert 1 <= r["dynamic/rounds"] <= 3
         kept = min(r["dynamic/informative_groups"], 8)

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from grpo_jax.trainer import apply_overrides
-from grpo_jax.trainer.config import DataConfig, GRPOConfig, ModelSpec, OptimizerConfig, RunConfig, TrainConfig
+from grpo_jax.trainer import (
+    DataConfig,
+    GRPOConfig,
+    ModelSpec,
+    OptimizerConfig,
+    RunConfig,
+    SamplingConfig,
+    TrainConfig,
+    apply_overrides,
+)
 
 
 def tiny_config(*overrides: str) -> TrainConfig:
@@ -16,7 +24,8 @@ def tiny_config(*overrides: str) -> TrainConfig:
                         intermediate_size=64, max_position_embeddings=64),
         data=DataConfig(task="arithmetic", difficulty=0, num_examples=2000, eval_examples=16, batch_size=8,
                         max_prompt_length=16),
-        grpo=GRPOConfig(num_generations=4, max_completion_length=4, beta=0.04),
+        grpo=GRPOConfig(beta=0.04),
+        sampling=SamplingConfig(num_generations=4, max_new_tokens=4),
         optimizer=OptimizerConfig(learning_rate=1e-3),
         run=RunConfig(max_steps=4, eval_steps=2, save_steps=2, eval_batch_size=16, progress=False),
     )
@@ -27,4 +36,5 @@ def params_equal(a, b) -> bool:
     """Bit-identical parameter pytrees (host copies)."""
     import jax
 
-    return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    return all(np.array_equal(np.asarray(x), np.asarray(y))
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))

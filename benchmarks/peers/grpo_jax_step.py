@@ -44,7 +44,15 @@ def main() -> None:
     import jax
 
     from grpo_jax.trainer import TrainConfig, build_context
-    from grpo_jax.trainer.config import DataConfig, GRPOConfig, ModelSpec, OptimizerConfig, RunConfig, SFTConfig
+    from grpo_jax.trainer.config import (
+        DataConfig,
+        GRPOConfig,
+        ModelSpec,
+        OptimizerConfig,
+        RunConfig,
+        SamplingConfig,
+        SFTConfig,
+    )
     from grpo_jax.trainer.loop import GRPOTrainer
 
     vocab = workload.SIZES[args.size]["vocab_size"]
@@ -53,10 +61,10 @@ def main() -> None:
         model=ModelSpec(path=args.checkpoint, dtype=args.dtype),
         data=DataConfig(task="arithmetic", num_examples=64, eval_examples=0, batch_size=args.prompts_per_step,
                         max_prompt_length=workload.PROMPT_WORDS),
-        grpo=GRPOConfig(num_generations=args.num_generations, num_iterations=workload.NUM_ITERATIONS,
-                        beta=workload.BETA, epsilon=workload.EPSILON, loss_type="grpo", scale_rewards="group",
-                        temperature=workload.TEMPERATURE, max_completion_length=args.max_new_tokens,
-                        rewards=("workload:reward_fn",)),
+        grpo=GRPOConfig(num_iterations=workload.NUM_ITERATIONS, beta=workload.BETA, epsilon=workload.EPSILON,
+                        loss_type="grpo", scale_rewards="group", rewards=("workload:reward_fn",)),
+        sampling=SamplingConfig(num_generations=args.num_generations, max_new_tokens=args.max_new_tokens,
+                                temperature=workload.TEMPERATURE),
         optimizer=OptimizerConfig(learning_rate=workload.LEARNING_RATE, adam_beta1=workload.ADAM_BETAS[0],
                                   adam_beta2=workload.ADAM_BETAS[1], weight_decay=workload.WEIGHT_DECAY,
                                   max_grad_norm=workload.MAX_GRAD_NORM, lr_scheduler_type="constant",
@@ -66,13 +74,15 @@ def main() -> None:
                       plot=False),
     )
     with tempfile.TemporaryDirectory() as out_dir:
-        ctx = build_context(config, out_dir)
+        ctx, params = build_context(config, out_dir)
         prompts = workload.make_prompts(vocab, args.steps + 1)
         if args.prompts_per_step != workload.PROMPTS_PER_STEP:
             prompts = (prompts * args.prompts_per_step)[: (args.steps + 1) * args.prompts_per_step]
-        ctx.train_examples = [{"prompt": p} for p in prompts]
-        ctx.sampling = dataclasses.replace(ctx.sampling, eos_token_ids=())  # every completion runs the full length
-        trainer = GRPOTrainer(ctx)
+        ctx = dataclasses.replace(ctx, train_examples=[{"prompt": p} for p in prompts],
+                                  # no stop token: every completion runs the full length
+                                  sampling=dataclasses.replace(ctx.sampling, eos_token_ids=()))
+        trainer = GRPOTrainer(ctx, params)
+        del params
         parameters = sum(x.size for x in jax.tree.leaves(trainer.state.params))
         setup_s = time.perf_counter() - start
         steps = []

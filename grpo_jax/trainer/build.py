@@ -9,6 +9,7 @@ from typing import Any
 import jax
 from jax.sharding import Mesh
 
+from grpo_jax.errors import ConfigError
 from grpo_jax.models import ModelConfig, build_model, init_params, load_pretrained, load_tokenizer
 from grpo_jax.models.char_tokenizer import BOS_ID, EOS_ID, PAD_ID, build_char_tokenizer
 from grpo_jax.models.config import DTYPES
@@ -46,7 +47,8 @@ def stop_token_ids(tokenizer: Any, model_config: ModelConfig, path: str | None,
         if value is not None:
             ids.update(value if isinstance(value, list) else [value])
     if not ids:
-        raise ValueError("the tokenizer and the model config name no EOS token; set grpo.extra_eos_token_ids")
+        raise ConfigError("the tokenizer and the model config name no EOS token; "
+                          "set sampling.eos_token_ids (extra stop tokens)")
     return tuple(sorted(int(i) for i in ids))
 
 

@@ -4,17 +4,24 @@ One dataclass per concern, composed into ``TrainConfig``:
 
   model      ModelSpec       a Hugging Face checkpoint directory, or a small architecture trained from scratch
   data       DataConfig      the task, its splits, prompt batch size and prompt length limit
-  grpo       GRPOConfig      the algorithm: G, mu, clipping, KL, loss aggregation, rewards, sampling
+  grpo       GRPOConfig      the algorithm: mu, clipping, KL, loss aggregation, rewards
+  sampling   SamplingConfig  how completions are drawn: G, length, temperature, top-p / top-k, how the sampler runs
   optimizer  OptimizerConfig AdamW, schedule, clipping, gradient accumulation
   sft        SFTConfig       an optional supervised warm-up before GRPO
   run        RunConfig       steps, seed, mesh, eval / checkpoint / logging cadence, output directory
 
+The ``sampling`` section is grpo_jax.sampling.SamplingConfig itself, the type ``generate`` takes: a run fills
+in what the tokenizer decides (stop tokens, pad token) and passes it to the sampler, so every sampler
+setting is defined, validated and documented once, there.
+
 Names follow TRL's GRPOConfig where they mean the same thing (num_generations, num_iterations, epsilon,
 epsilon_high, beta, loss_type, scale_rewards, mask_truncated_completions, temperature, top_p, top_k,
-max_completion_length, learning_rate, warmup_steps, max_grad_norm, gradient_accumulation_steps,
-max_steps, eval_steps, save_steps, save_total_limit). Mapping of loss_type to grpo_jax.losses'
-aggregation: "grpo" = seq-mean-token-mean, "dapo" and "bnpo" = token-mean, "dr_grpo" =
-seq-mean-token-sum-norm; the aggregation names themselves are accepted too.
+learning_rate, warmup_steps, max_grad_norm, gradient_accumulation_steps, max_steps, eval_steps, save_steps,
+save_total_limit). TRL keeps its sampling settings in GRPOConfig; their TRL spellings are accepted as
+aliases of the sampling fields (``ALIASES``): ``grpo.temperature`` is ``sampling.temperature``,
+``grpo.max_completion_length`` (or bare ``max_completion_length``) is ``sampling.max_new_tokens``, and so
+on. Mapping of loss_type to grpo_jax.losses' aggregation: "grpo" = seq-mean-token-mean, "dapo" and "bnpo" =
+token-mean, "dr_grpo" = seq-mean-token-sum-norm; the aggregation names themselves are accepted too.
 
 Overrides: ``apply_overrides(config, ["grpo.beta=0", "max_steps=10"])`` sets fields by dotted path or,
 when the field name is unique across sections, by bare name. Values are parsed by the field's type;
@@ -32,23 +39,18 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from grpo_jax.losses.aggregation import AGGREGATIONS
-from grpo_jax.models.attention import DEFAULT_QUERY_BLOCK
-from grpo_jax.models.char_tokenizer import ARITHMETIC_ALPHABET
+from grpo_jax.errors import ConfigError  # re-exported: an unknown field or an invalid value
 from grpo_jax.losses.advantages import ADVANTAGE_SCALES
+from grpo_jax.losses.aggregation import AGGREGATIONS
 from grpo_jax.losses.kl import KL_ESTIMATORS
 from grpo_jax.losses.objective import RATIO_LEVELS
-
-
-class ConfigError(ValueError):
-    """An unknown field or an invalid value in a training configuration."""
-
+from grpo_jax.models.attention import DEFAULT_QUERY_BLOCK
+from grpo_jax.models.char_tokenizer import ARITHMETIC_ALPHABET
+from grpo_jax.sampling import SamplingConfig
+from grpo_jax.trainer.registry import REWARDS, STEP_REWARDS, TASKS  # names are validated against the registries
 
 LOSS_TYPES = {"grpo": "seq-mean-token-mean", "dapo": "token-mean", "bnpo": "token-mean",
               "dr_grpo": "seq-mean-token-sum-norm", **{a: a for a in AGGREGATIONS}}
-TASKS = ("arithmetic", "gsm8k_jsonl", "gsm8k_tfds", "math", "humaneval", "reasoning_gym", "jsonl")
-REWARDS = ("math", "format", "format_lenient", "code", "reasoning_gym")
-STEP_REWARDS = ("arithmetic_steps",)
 SCHEDULES = ("constant", "cosine", "linear")
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -207,18 +209,18 @@ class DataConfig:
                  "a prompt containing '{expression}'")
         _positive(s, self, "batch_size", "max_prompt_length", "num_examples")
         _positive(s, self, "eval_examples", "difficulty", allow_zero=True)
-        if self.task in ("gsm8k_jsonl", "math", "jsonl", "gsm8k_tfds"):
+        task = TASKS[self.task]  # registered: checked above
+        if task.needs_path:
             _require(bool(self.path), s, "path", self.path, f"a file or directory for task {self.task!r}")
-        if self.task == "reasoning_gym":
+        if task.needs_dataset_name:
             _require(bool(self.dataset_name), s, "dataset_name", self.dataset_name,
-                     "a reasoning-gym generator name for task 'reasoning_gym'")
+                     f"a dataset (generator) name for task {self.task!r}")
 
 
 @dataclasses.dataclass(frozen=True)
 class GRPOConfig:
-    """The algorithm (TRL names).
+    """The algorithm (TRL names). G and the sampler's settings are in the ``sampling`` section.
 
-    num_generations: G completions per prompt (>= 2).
     num_iterations: mu, optimisation passes over each sampled batch (pi_old recomputed once per batch when > 1).
     num_minibatches: optimizer steps per pass (the B * G completions split into equal minibatches).
     epsilon / epsilon_high: clip range 1 - epsilon .. 1 + epsilon_high (None = epsilon); DAPO: 0.2 / 0.28.
@@ -237,19 +239,9 @@ class GRPOConfig:
     step_reward: process supervision (DeepSeekMath 4.1.3): a step reward from STEP_REWARDS scores each step of
       a completion and the completion's end counts as a last step rewarded with the total outcome reward;
       token advantages come from grpo_jax.losses.process_advantages. None = outcome supervision.
-    max_completion_length, temperature, top_p, top_k: sampling.
-    decode_phase_tokens, cast_params_once, gather_params_once: how the sampler runs
-      (grpo_jax.sampling.SamplingConfig): the KV cache grows by this many slots at a time; the parameters are
-      converted to the compute dtype once per rollout rather than in every decode step (false saves that
-      copy's memory, 2 bytes per parameter); on an FSDP mesh they are all-gathered once per rollout, whole
-      on every device (false: gathered layer by layer in every decode step, for models whose copy does not
-      fit).
-    decode_steps_per_check: decode steps between checks of whether every completion has ended (None: 16 on
-      GPUs, where each check stalls the host, 1 elsewhere; grpo_jax.sampling.SamplingConfig).
-    stop_strings_as_eos: not supported; extra stop token ids go in ``extra_eos_token_ids``.
+    code_timeout_s: seconds a completion's program may run against each of its tests (the "code" reward).
     """
 
-    num_generations: int = 8
     num_iterations: int = 1
     num_minibatches: int = 1
     epsilon: float = 0.2
@@ -269,37 +261,22 @@ class GRPOConfig:
     overlong_penalty: bool = False
     overlong_buffer: int = 64
     step_reward: str | None = None
-    max_completion_length: int = 256
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    decode_phase_tokens: int = 256
-    cast_params_once: bool = True
-    gather_params_once: bool = True
-    decode_steps_per_check: int | None = None
-    extra_eos_token_ids: tuple[int, ...] = ()
     code_timeout_s: float = 1.0
 
     def __post_init__(self):
         s = "grpo"
         _check_types(s, self)
-        _require(isinstance(self.num_generations, int) and self.num_generations >= 2, s, "num_generations",
-                 self.num_generations, "an int >= 2 (GRPO compares completions within a group)")
-        _positive(s, self, "num_iterations", "num_minibatches", "epsilon", "max_completion_length",
-                  "temperature", "code_timeout_s", "overlong_buffer", "decode_phase_tokens")
-        _positive(s, self, "beta", "max_resample_rounds", "ref_model_sync_steps", "top_k", allow_zero=True)
+        _positive(s, self, "num_iterations", "num_minibatches", "epsilon", "code_timeout_s", "overlong_buffer")
+        _positive(s, self, "beta", "max_resample_rounds", "ref_model_sync_steps", allow_zero=True)
         if self.epsilon_high is not None:
             _positive(s, self, "epsilon_high")
-        if self.decode_steps_per_check is not None:
-            _positive(s, self, "decode_steps_per_check")
-        _require(0 < self.top_p <= 1, s, "top_p", self.top_p, "a number in (0, 1]")
         _choice(s, self, "kl_estimator", KL_ESTIMATORS)
         _choice(s, self, "importance_sampling_level", RATIO_LEVELS)
         _choice(s, self, "loss_type", tuple(LOSS_TYPES))
         _choice(s, self, "scale_rewards", ADVANTAGE_SCALES)
-        _require(len(self.rewards) > 0 and all(r in REWARDS or is_import_path(r) for r in self.rewards), s,
-                 "rewards", self.rewards, f"a non-empty tuple of reward names from {REWARDS} or 'module:function' "
-                 "import paths of your own reward functions")
+        _require(len(self.rewards) > 0 and all(name in REWARDS or is_import_path(name) for name in self.rewards),
+                 s, "rewards", self.rewards, f"a non-empty tuple of reward names from {tuple(REWARDS)} or "
+                 "'module:function' import paths of your own reward functions")
         _require(len(set(self.rewards)) == len(self.rewards), s, "rewards", self.rewards, "distinct names")
         if self.reward_weights is not None:
             _require(len(self.reward_weights) == len(self.rewards), s, "reward_weights", self.reward_weights,
@@ -468,18 +445,42 @@ def parse_mesh(spec: str, *, field: str = "run.mesh") -> dict[str, int]:
     return axes
 
 
-SECTIONS = {"model": ModelSpec, "data": DataConfig, "grpo": GRPOConfig, "optimizer": OptimizerConfig,
-            "sft": SFTConfig, "run": RunConfig}
+SECTIONS = {"model": ModelSpec, "data": DataConfig, "grpo": GRPOConfig, "sampling": SamplingConfig,
+            "optimizer": OptimizerConfig, "sft": SFTConfig, "run": RunConfig}
+
+# TRL's spellings of the sampler settings (TRL keeps them in its GRPOConfig) -> their one home. Accepted in
+# overrides (dotted, or bare where the bare name is not a field elsewhere) and in config dicts, so config.json
+# files written before the sampling section existed still load.
+ALIASES = {
+    "grpo.num_generations": "sampling.num_generations",
+    "grpo.max_completion_length": "sampling.max_new_tokens",
+    "grpo.temperature": "sampling.temperature",
+    "grpo.top_p": "sampling.top_p",
+    "grpo.top_k": "sampling.top_k",
+    "grpo.extra_eos_token_ids": "sampling.eos_token_ids",
+    "grpo.decode_phase_tokens": "sampling.decode_phase_tokens",
+    "grpo.cast_params_once": "sampling.cast_params_once",
+    "grpo.gather_params_once": "sampling.gather_params_once",
+    "grpo.decode_steps_per_check": "sampling.decode_steps_per_check",
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """A whole run: ``name`` plus one section per concern (see the module docstring)."""
+    """A whole run: ``name`` plus one section per concern (see the module docstring).
+
+    In a run, ``sampling`` is completed from the tokenizer (grpo_jax.trainer.context.run_sampling_config):
+    ``sampling.eos_token_ids`` are stop tokens *added* to the tokenizer's and the model's (e.g. a chat model's
+    turn end when its files do not name it), ``pad_token_id`` is the tokenizer's (so it must keep its
+    default here), and the prompt-length buckets stop at the one holding ``data.max_prompt_length``.
+    Training samples (``greedy`` stays False); evaluation decodes greedily on its own.
+    """
 
     name: str = "run"
     model: ModelSpec = ModelSpec()
     data: DataConfig = DataConfig()
     grpo: GRPOConfig = GRPOConfig()
+    sampling: SamplingConfig = SamplingConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     sft: SFTConfig = SFTConfig()
     run: RunConfig = RunConfig()
@@ -496,30 +497,63 @@ class TrainConfig:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
         """Inverse of to_dict; unknown sections or fields are ConfigErrors."""
         unknown = sorted(set(values) - set(SECTIONS) - {"name"})
         if unknown:
             raise ConfigError(f"unknown config section(s) {unknown}; expected 'name' and {sorted(SECTIONS)}")
         kwargs: dict[str, Any] = {"name": values.get("name", "run")}
+        sections = _resolve_aliases(values)
         for section, section_cls in SECTIONS.items():
-            fields = dict(values.get(section, {}))
+            fields = sections[section]
             known = {f.name for f in dataclasses.fields(section_cls)}
             bad = sorted(set(fields) - known)
             if bad:
                 raise ConfigError(f"unknown field(s) {bad} in section {section!r}; known: {sorted(known)}")
             hints = typing.get_type_hints(section_cls)
-            kwargs[section] = section_cls(**{k: _coerce(hints[k], v, f"{section}.{k}") for k, v in fields.items()})
+            parsed = {k: _coerce(hints[k], v, f"{section}.{k}") for k, v in fields.items()}
+            try:
+                kwargs[section] = section_cls(**parsed)
+            except ConfigError:
+                raise
+            except (TypeError, ValueError) as e:  # SamplingConfig validates as the sampler's API does
+                raise ConfigError(f"{section}: {e}") from None
         return cls(**kwargs)
 
 
+def _resolve_aliases(values: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each section's fields from a config dict, with ALIASES moved to the field they name (an alias and its
+    field both set to different values is a ConfigError)."""
+    sections = {section: dict(values.get(section, {})) for section in SECTIONS}
+    for alias, target in ALIASES.items():
+        alias_section, _, alias_field = alias.partition(".")
+        if alias_field not in sections[alias_section]:
+            continue
+        value = sections[alias_section].pop(alias_field)
+        section, _, field = target.partition(".")
+        if field in sections[section] and sections[section][field] != value:
+            raise ConfigError(f"{alias}={value!r} and {target}={sections[section][field]!r} are the same setting "
+                              f"({alias} is TRL's name for {target}); set it once")
+        sections[section][field] = value
+    return sections
+
+
 def _check_cross_section(config: TrainConfig) -> None:
-    g, d, o = config.grpo, config.data, config.optimizer
-    n = d.batch_size * g.num_generations
+    g, d, o, sampling = config.grpo, config.data, config.optimizer, config.sampling
+    if sampling.num_generations < 2:
+        raise ConfigError(f"sampling.num_generations={sampling.num_generations} is invalid: expected an int >= 2 "
+                          "(GRPO compares completions within a group)")
+    if sampling.greedy:
+        raise ConfigError("sampling.greedy=True would give every completion of a group the same tokens (no signal); "
+                          "training samples, and evaluation decodes greedily on its own")
+    if sampling.pad_token_id != SamplingConfig.pad_token_id:
+        raise ConfigError(f"sampling.pad_token_id={sampling.pad_token_id}: a run takes the pad token from its "
+                          "tokenizer; leave it unset")
+    n = d.batch_size * sampling.num_generations
     if n % g.num_minibatches:
         raise ConfigError(
             f"grpo.num_minibatches={g.num_minibatches} must divide the {n} completions of a step "
-            f"(data.batch_size={d.batch_size} x grpo.num_generations={g.num_generations})"
+            f"(data.batch_size={d.batch_size} x sampling.num_generations={sampling.num_generations})"
         )
     minibatch = n // g.num_minibatches
     if minibatch % o.gradient_accumulation_steps:
@@ -527,9 +561,11 @@ def _check_cross_section(config: TrainConfig) -> None:
             f"optimizer.gradient_accumulation_steps={o.gradient_accumulation_steps} must divide the minibatch of "
             f"{minibatch} completions ({n} completions / grpo.num_minibatches={g.num_minibatches})"
         )
-    if "code" in g.rewards and d.task != "humaneval":
-        raise ConfigError(f"grpo.rewards includes 'code' but data.task={d.task!r}; the code reward needs "
-                          "a task with tests (humaneval)")
+    for name in g.rewards:  # a reward only some tasks can feed (registry.Reward.tasks), rejected before loading
+        reward = REWARDS.get(name)
+        if reward is not None and reward.tasks is not None and d.task not in reward.tasks:
+            raise ConfigError(f"grpo.rewards includes {name!r} but data.task={d.task!r}; the {name} reward needs "
+                              f"a task with {', '.join(reward.fields)} ({', '.join(reward.tasks)})")
     if d.system_prompt is not None and not d.chat_template:
         raise ConfigError("data.system_prompt is set but data.chat_template=False: without the chat template a "
                           "prompt is used as it is and the system prompt would be ignored; set "
@@ -578,11 +614,16 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
 
 
 def _field_paths() -> dict[str, list[str]]:
-    """bare field name -> dotted paths that have it."""
+    """bare field name -> dotted paths that have it (an alias's bare name, e.g. max_completion_length, leads to
+    the field it names)."""
     paths: dict[str, list[str]] = {}
     for section, cls in SECTIONS.items():
         for f in dataclasses.fields(cls):
             paths.setdefault(f.name, []).append(f"{section}.{f.name}")
+    for alias, target in ALIASES.items():
+        bare = alias.partition(".")[2]
+        if target not in paths.setdefault(bare, []):
+            paths[bare].append(target)
     return paths
 
 
@@ -605,6 +646,7 @@ def apply_overrides(config: TrainConfig, overrides: Sequence[str]) -> TrainConfi
                 reason = "is not a config field" if not found else f"is ambiguous: use one of {found}"
                 raise ConfigError(f"override {item!r}: {key!r} {reason}")
             key = found[0]
+        key = ALIASES.get(key, key)
         section, _, field = key.partition(".")
         if section not in SECTIONS or field not in {f.name for f in dataclasses.fields(SECTIONS[section])}:
             raise ConfigError(f"override {item!r}: no field {key!r}; sections: {sorted(SECTIONS)}")

@@ -15,7 +15,14 @@ the run; see the README.
 """
 
 from grpo_jax.trainer.config import (
-    DataConfig, GRPOConfig, ModelSpec, OptimizerConfig, RunConfig, SFTConfig, TrainConfig,
+    DataConfig,
+    GRPOConfig,
+    ModelSpec,
+    OptimizerConfig,
+    RunConfig,
+    SamplingConfig,
+    SFTConfig,
+    TrainConfig,
 )
 
 
@@ -26,8 +33,8 @@ def get_config() -> TrainConfig:
                         intermediate_size=384, max_position_embeddings=64),
         data=DataConfig(task="arithmetic", difficulty=1, num_examples=20_000, eval_examples=256,
                         eval_split="examples", batch_size=64, max_prompt_length=16),
-        grpo=GRPOConfig(num_generations=8, num_iterations=4, beta=0.0, epsilon=0.2, max_completion_length=6,
-                        temperature=1.0, rewards=("math",), loss_type="dapo"),
+        grpo=GRPOConfig(num_iterations=4, beta=0.0, epsilon=0.2, rewards=("math",), loss_type="dapo"),
+        sampling=SamplingConfig(num_generations=8, max_new_tokens=6, temperature=1.0),
         optimizer=OptimizerConfig(learning_rate=2e-4, lr_scheduler_type="constant", warmup_steps=5,
                                   max_grad_norm=1.0),
         sft=SFTConfig(steps=60, batch_size=64, learning_rate=1e-3),

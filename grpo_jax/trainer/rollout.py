@@ -95,7 +95,8 @@ def encode_prompts(tokenizer: Any, texts: Sequence[str], *, buckets: Sequence[in
 def decode_completions(tokenizer: Any, tokens: np.ndarray, mask: np.ndarray) -> list[str]:
     """Completion texts (special tokens such as EOS dropped)."""
     lengths = mask.sum(axis=1)
-    return tokenizer.batch_decode([row[:n].tolist() for row, n in zip(tokens, lengths)], skip_special_tokens=True)
+    return tokenizer.batch_decode([row[:n].tolist() for row, n in zip(tokens, lengths, strict=True)],
+                                  skip_special_tokens=True)
 
 
 def example_columns(examples: Sequence[Example], group_size: int,
@@ -156,11 +157,13 @@ def select_groups(rollouts: Sequence[Rollout], groups: Sequence[tuple[int, int]]
     comp_rows = np.array([i * g + j for _, i in groups for j in range(g)])
     comp_src = [r for r, _ in groups for _ in range(g)]
     # the texts this process holds (of the rows it owns), by (rollout, row)
-    text_of = {(r, int(row)): text for r, ro in enumerate(rollouts) for row, text in zip(ro.owned, ro.texts)}
-    owned = np.array([k for k, (r, row) in enumerate(zip(comp_src, comp_rows)) if (r, int(row)) in text_of], int)
+    text_of = {(r, int(row)): text
+               for r, ro in enumerate(rollouts) for row, text in zip(ro.owned, ro.texts, strict=True)}
+    owned = np.array([k for k, (r, row) in enumerate(zip(comp_src, comp_rows, strict=True))
+                      if (r, int(row)) in text_of], int)
 
     def gather_rows(field: str) -> np.ndarray:
-        return np.stack([getattr(rollouts[r], field)[row] for r, row in zip(comp_src, comp_rows)])
+        return np.stack([getattr(rollouts[r], field)[row] for r, row in zip(comp_src, comp_rows, strict=True)])
 
     return Rollout(
         examples=[rollouts[r].examples[i] for r, i in prompt_rows],
@@ -170,7 +173,7 @@ def select_groups(rollouts: Sequence[Rollout], groups: Sequence[tuple[int, int]]
         policy_logprobs=gather_rows("policy_logprobs"), finished=gather_rows("finished"),
         texts=[text_of[(comp_src[k], int(comp_rows[k]))] for k in owned],
         rewards=gather_rows("rewards"),
-        per_reward={k: np.stack([rollouts[r].per_reward[k][row] for r, row in zip(comp_src, comp_rows)])
+        per_reward={k: np.stack([rollouts[r].per_reward[k][row] for r, row in zip(comp_src, comp_rows, strict=True)])
                     for k in rollouts[0].per_reward},
         failures=[f for r in rollouts for f in r.failures],
         sample_s=sum(r.sample_s for r in rollouts), reward_s=sum(r.reward_s for r in rollouts),

@@ -10,26 +10,25 @@ after. A run killed during the warm-up redoes it on resume (it is short and dete
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import numpy as np
 
 from grpo_jax import storage
-from grpo_jax.distributed import to_host
+from grpo_jax.errors import ConfigError
 from grpo_jax.metrics import METRICS_FILENAME, MetricsWriter
 from grpo_jax.trainer.config import OptimizerConfig
+from grpo_jax.trainer.context import RunContext
+from grpo_jax.trainer.reduction import to_floats
 from grpo_jax.trainer.rollout import encode_prompts
 from grpo_jax.trainer.state import build_optimizer, create_state, state_shardings
 from grpo_jax.trainer.step import make_update_fn, sft_objective
 
-if TYPE_CHECKING:
-    from grpo_jax.trainer.loop import RunContext
-
 logger = logging.getLogger(__name__)
 
 
-def sft_batch(ctx: "RunContext", examples: list[dict], answer_field: str) -> dict[str, np.ndarray]:
+def sft_batch(ctx: RunContext, examples: list[dict], answer_field: str) -> dict[str, np.ndarray]:
     """input_ids / attention_mask [N, P + T] and completion_mask [N, T] for ``prompt -> answer EOS``."""
     t = ctx.sampling.max_new_tokens
     pad = ctx.sampling.pad_token_id
@@ -42,7 +41,7 @@ def sft_batch(ctx: "RunContext", examples: list[dict], answer_field: str) -> dic
     target_mask = np.zeros((len(examples), t), np.int32)
     for i, example in enumerate(examples):
         if answer_field not in example:
-            raise ValueError(f"sft.answer_field={answer_field!r} is not a field of the task's examples "
+            raise ConfigError(f"sft.answer_field={answer_field!r} is not a field of the task's examples "
                              f"(fields: {sorted(example)})")
         row = ctx.tokenizer(str(example[answer_field]), add_special_tokens=False)["input_ids"] + [eos]
         row = row[:t]
@@ -55,7 +54,7 @@ def sft_batch(ctx: "RunContext", examples: list[dict], answer_field: str) -> dic
     }
 
 
-def run_sft(ctx: "RunContext", params: Any) -> Any:
+def run_sft(ctx: RunContext, params: Any) -> Any:
     """``sft.steps`` AdamW updates (cosine schedule, 5% warm-up) from ``params``; returns the new params."""
     cfg = ctx.config.sft
     optimizer, schedule = build_optimizer(
@@ -79,7 +78,7 @@ def run_sft(ctx: "RunContext", params: Any) -> Any:
             # prompt_group 1: examples share a prompt only by chance, and a batch where they did would
             # compile another program
             state, metrics = update(state, sft_batch(ctx, stream.next_batch(), cfg.answer_field), 1)
-            record = {f"sft/{k}": float(v) for k, v in to_host(metrics).items()}
+            record = {f"sft/{k}": v for k, v in to_floats(metrics).items()}
             if step == cfg.steps:
                 record.update(ctx.eval_metrics(state.params, key))
             writer.write(step, record)
