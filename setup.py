@@ -37,7 +37,9 @@ setup(
         # CPU build first (README), or pip may pull a multi-GB CUDA build. The library never imports it.
         "test": ["pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6.100", "torch>=2.4", "tokenizers>=0.20",
                  # transformers' own GGUF loader (the reference in tests/test_models_gguf.py) needs it
-                 "accelerate>=1.0"],
+                 "accelerate>=1.0",
+                 # the linter CI runs before the tests (rules in pyproject.toml)
+                 "ruff>=0.6"],
         "tpu": ["jax[tpu]>=0.10.2"],
         "gpu": ["jax[cuda12]>=0.10.2"],
         # gs:// run directories: orbax and grpo_jax.storage reach Cloud Storage through etils.epath -> fsspec

@@ -21,8 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers"))
 
 import workload  # noqa: E402
-from bench_shared_prompt import (alternate, grpo_batch, logprob_programs, model_config,  # noqa: E402
-                                workload_parser)
+from bench_shared_prompt import alternate, grpo_batch, logprob_programs, model_config, workload_parser  # noqa: E402
 from report import emit_table, machine_description  # noqa: E402
 
 

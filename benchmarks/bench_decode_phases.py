@@ -5,8 +5,8 @@ On the step benchmark's model (workload.py's Qwen2 sizes, random weights, fp32):
 whole length), temperature 1. ``generate`` with ``decode_phase_tokens`` = ``--phase`` and = the whole
 length (one phase, what every decode step read before), alternating, medians of ``--repeats`` (compile
 excluded). Predicted: a decode step's attention reads the prompt's p slots once per group of G rows plus
-each row's own slots up to the current phase's end, instead of up to max_new_tokens, and the rest of the step (the matmuls over the weights, the sampling over the
-vocabulary) does not change.
+each row's own slots up to the current phase's end, instead of up to max_new_tokens, and the rest of the
+step (the matmuls over the weights, the sampling over the vocabulary) does not change.
 
     python benchmarks/bench_decode_phases.py [--size small] [--lengths 512 1024] [--markdown FILE]
 """
@@ -30,7 +30,7 @@ def read_fraction(prompt_length: int, new_tokens: int, phase: int, group: int = 
     ends = [*range(phase, new_tokens, phase), new_tokens]
     starts = [0, *ends[:-1]]
     shared = prompt_length / group
-    read = sum((end - start) * (shared + end) for start, end in zip(starts, ends))
+    read = sum((end - start) * (shared + end) for start, end in zip(starts, ends, strict=True))
     return read / (new_tokens * (shared + new_tokens))
 
 

@@ -52,7 +52,8 @@ def run_worker(framework: str, checkpoint: str, size: str, steps: int, out_dir: 
            *(extra or [])]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"{framework} worker failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+        raise RuntimeError(f"{framework} worker failed ({proc.returncode}):\n"
+                           f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     with open(out, encoding="utf-8") as f:
         return json.load(f)
 
@@ -86,7 +87,8 @@ def table(size: str, summary: dict[str, dict]) -> list[str]:
     lines = [f"| {size} | {f} | {fmt(s['step_s'])} | " + " | ".join(fmt(s[p]) for p in PHASES)
              + f" | {fmt(s['first_step_s'])} | {s['peak_rss_mb']:,.0f} | {s['tokens_per_step']:,.0f} | "
              + ("—" if f == "grpo_jax" else "{:.1f} / {:.1f} / {:.1f}".format(
-                 *(lambda r: (min(r), statistics.median(r), max(r)))([p / j for p, j in zip(s["round_step_s"], base)])))
+                 *(lambda r: (min(r), statistics.median(r), max(r)))(
+                     [p / j for p, j in zip(s["round_step_s"], base, strict=True)])))
              + " |" for f, s in summary.items()]
     return lines
 

@@ -87,7 +87,7 @@ def alternate(variants: dict, params, repeats: int) -> dict:
         times[name] = {v: [] for v in variants}
         for _ in range(repeats):
             for v, programs in variants.items():
-                times[name][v] += timed(lambda: programs[name](params), 1)
+                times[name][v] += timed(lambda program=programs[name]: program(params), 1)
     return {name: {v: statistics.median(ts) for v, ts in by_variant.items()} for name, by_variant in times.items()}
 
 

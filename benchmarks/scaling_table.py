@@ -72,17 +72,17 @@ class Workload:
     """One GRPO step: B prompts x G completions, prompt P + completion T tokens (the GSM8K recipes' shape)."""
 
     prompts: int = 16  # data.batch_size (B)
-    group: int = 16  # grpo.num_generations (G)
+    group: int = 16  # sampling.num_generations (G)
     prompt_len: int = 512  # data.max_prompt_length (P)
-    completion_len: int = 1024  # grpo.max_completion_length (T)
+    completion_len: int = 1024  # sampling.max_new_tokens (T)
     beta: float = 0.04  # > 0: a reference model is kept
     num_minibatches: int = 1
     param_bytes: int = 4  # float32 master weights (model.param_dtype)
     reference_bytes: int = 4  # the trainer copies the parameters, so the reference has their dtype
     moment_bytes: int = 8  # AdamW's mu and nu, in the parameters' dtype (optax's default)
     compute_bytes: int = 2  # bfloat16 activations and KV cache (model.dtype)
-    cast_params_once: bool = True  # grpo.cast_params_once: the sampler holds the parameters in model.dtype
-    gather_params_once: bool = True  # grpo.gather_params_once: with FSDP the sampler gathers them whole once
+    cast_params_once: bool = True  # sampling.cast_params_once: the sampler holds the parameters in model.dtype
+    gather_params_once: bool = True  # sampling.gather_params_once: with FSDP the sampler gathers them whole once
     logprob_chunk: int = 128  # token_logprobs_from_hidden's time chunk
 
     @property
@@ -140,7 +140,8 @@ class ParamLayout:
 def param_layout(config: ModelConfig) -> ParamLayout:
     """From the model itself: a one-layer copy of the architecture (layers are identical) traced abstractly."""
     model = build_model(config.replace(num_hidden_layers=1))
-    flat_axes = jax.tree_util.tree_flatten_with_path(param_logical_axes(model), is_leaf=lambda x: isinstance(x, tuple))[0]
+    flat_axes = jax.tree_util.tree_flatten_with_path(param_logical_axes(model),
+                                                     is_leaf=lambda x: isinstance(x, tuple))[0]
     shapes = dict(jax.tree_util.tree_flatten_with_path(param_shapes(model))[0])
     outer, layer = [], []
     for path, logical in flat_axes:
@@ -214,8 +215,8 @@ def estimate(config: ModelConfig, mesh: str, accumulation: int = 1, workload: Wo
     # arrays at temperature 1 and three otherwise (the logits divided by it): count three
     decode_logits = 3 * per_device_elements(("batch", "vocab"), (w.rows, v), axes) * 4
     sampler_temps = max(prefill_logits, decode_logits)
-    # grpo.cast_params_once: the parameters converted to the compute dtype once per rollout, sharded like them;
-    # grpo.gather_params_once: on an FSDP mesh that copy (or the masters, uncast) is gathered whole once per
+    # sampling.cast_params_once: the parameters converted to the compute dtype once per rollout, sharded like them;
+    # sampling.gather_params_once: on an FSDP mesh that copy (or the masters, uncast) is gathered whole once per
     # rollout, split only by the other axes
     no_fsdp = {a: n for a, n in axes.items() if a != "fsdp"}
     copy_bytes = cb if w.cast_params_once else w.param_bytes
@@ -361,11 +362,11 @@ LEVERS = (
     ("the table's step (fp32 reference, as the trainer keeps it)", {}),
     ("bf16 reference (not implemented: the trainer copies the fp32 parameters)", {"reference_bytes": 2}),
     ("`grpo.beta=0`: no reference model", {"beta": 0.0}),
-    ("`grpo.num_generations=8` (G 8: 128 sequences)", {"group": 8}),
-    ("`grpo.max_completion_length=512`", {"completion_len": 512}),
-    ("`grpo.cast_params_once=false`: the sampler gathers and reads the fp32 masters, no bf16 copy",
+    ("`sampling.num_generations=8` (G 8: 128 sequences)", {"group": 8}),
+    ("`sampling.max_new_tokens=512`", {"completion_len": 512}),
+    ("`sampling.cast_params_once=false`: the sampler gathers and reads the fp32 masters, no bf16 copy",
      {"cast_params_once": False}),
-    ("`grpo.gather_params_once=false`: the sampler's weights stay FSDP-sharded, gathered layer by layer in every "
+    ("`sampling.gather_params_once=false`: the sampler's weights stay FSDP-sharded, gathered layer by layer in every "
      "decode step", {"gather_params_once": False}),
     ("`model.param_dtype=bfloat16`: bf16 params, grads, moments, reference (lossy, see below)",
      {"param_bytes": 2, "moment_bytes": 4, "reference_bytes": 2}),

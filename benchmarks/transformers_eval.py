@@ -164,10 +164,10 @@ def compare(run_dir: str, export_dir: str, *, step: int | None, overrides: Seque
     # a tokenizer that encodes differently (transformers picks its class by the model type for some) is a
     # cause of different completions that the weights are not to blame for
     ids = ctx.tokenizer(prompts, add_special_tokens=ctx.add_special_tokens)["input_ids"]
-    same_ids = [list(a) == list(b) for a, b in zip(ids, info.pop("prompt_ids"))]
+    same_ids = [list(a) == list(b) for a, b in zip(ids, info.pop("prompt_ids"), strict=True)]
     ours_ok, theirs_ok = solved(ctx, ours), solved(ctx, theirs)
     accuracy, hf_accuracy = metrics["eval/accuracy"], float(theirs_ok.mean())
-    same = [a == b for a, b in zip(ours, theirs)]
+    same = [a == b for a, b in zip(ours, theirs, strict=True)]
     mismatches = [{"index": i, "prompt": prompts[i], "answer": ctx.eval_examples[i].get("answer"),
                    "grpo_jax": ours[i], "transformers": theirs[i], "same_prompt_tokens": same_ids[i],
                    "grpo_jax_solved": bool(ours_ok[i]), "transformers_solved": bool(theirs_ok[i])}

@@ -12,7 +12,7 @@ def dense(x: jax.Array, kernel: jax.Array, **dot_kwargs) -> jax.Array:
     The same values as ``x @ kernel``; the 2-D form matters for the backward pass on the CPU, where XLA
     lowers the weight gradient of a 3-D ``[B, T, D] @ [D, F]`` by transposing the [B, T, F] activation
     gradient (fused with the elementwise ops before it, strided and slow), while ``[B*T, D]`` operands need
-    no transpose (docs/benchmarks.md, the CPU profile: the 12.6M benchmark's update went from 21 s to 14-17 s).
+    no transpose (docs/benchmarks.md, "Profiling the CPU step", times both forms).
     The reshapes are free.
     """
     lead = x.shape[:-1]

@@ -167,7 +167,8 @@ def _parse_lines(path: str) -> Iterator[tuple[dict[str, Any], str]]:
             record = json.loads(line)
         except json.JSONDecodeError as e:
             if number == len(lines) and not line.endswith("\n"):
-                warnings.warn(f"{path}:{number}: ignoring a truncated last line (a crash mid-write?): {line!r}")
+                warnings.warn(f"{path}:{number}: ignoring a truncated last line (a crash mid-write?): {line!r}",
+                              stacklevel=2)
                 return
             raise ValueError(f"{path}:{number}: not valid JSON ({e}): {line.rstrip()!r}") from None
         step = record.get("step") if isinstance(record, dict) else None
@@ -401,7 +402,7 @@ def plot_metrics(
     fig = Figure(figsize=(6 * ncols, 3.5 * nrows), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    for ax, (title, panel_keys) in zip(axes, panels):
+    for ax, (title, panel_keys) in zip(axes, panels, strict=False):  # an odd count leaves the last axes empty
         for key in panel_keys:
             steps, values = _series(records, key)
             ax.plot(steps, values, label=key, marker="o" if len(steps) <= 30 else None, markersize=3)

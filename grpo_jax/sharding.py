@@ -42,7 +42,7 @@ def make_mesh(axes: Mapping[str, int], *, devices: Sequence[jax.Device] | None =
         sizes[sizes.index(-1)] = len(devices) // known
     if math.prod(sizes) != len(devices):
         raise ValueError(
-            f"make_mesh: mesh {dict(zip(names, sizes))} needs {math.prod(sizes)} devices but "
+            f"make_mesh: mesh {dict(zip(names, sizes, strict=True))} needs {math.prod(sizes)} devices but "
             f"{len(devices)} are available"
         )
     return jax.make_mesh(
@@ -126,7 +126,7 @@ def logical_to_mesh_spec(
     table = dict(rules)
     used: set[str] = set()
     spec: list[str | tuple[str, ...] | None] = []
-    for name, size in zip(logical_axes, shape):
+    for name, size in zip(logical_axes, shape, strict=True):
         if name is None:
             spec.append(None)
             continue

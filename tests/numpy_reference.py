@@ -166,7 +166,7 @@ def ref_aggregate(per_token_loss, mask, *, aggregation="seq-mean-token-mean", ma
         seq_sums.append(s)
         seq_counts.append(c)
     if aggregation == "seq-mean-token-mean":
-        return sum(s / max(c, 1.0) for s, c in zip(seq_sums, seq_counts)) / n
+        return sum(s / max(c, 1.0) for s, c in zip(seq_sums, seq_counts, strict=True)) / n
     if aggregation == "token-mean":
         return sum(seq_sums) / max(sum(seq_counts), 1.0)
     if aggregation == "seq-mean-token-sum":

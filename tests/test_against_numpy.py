@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from numpy_reference import (
     ref_aggregate,
-    ref_grpo_loss,
     ref_group_advantages,
+    ref_grpo_loss,
     ref_kl,
     ref_process_advantages,
     ref_token_logprobs,
@@ -23,8 +23,8 @@ from numpy_reference import (
 
 from grpo_jax.losses import (
     aggregate_loss,
-    grpo_loss,
     group_advantages,
+    grpo_loss,
     kl_penalty,
     process_advantages,
     token_logprobs,
@@ -167,8 +167,8 @@ def test_group_advantages_eps(eps):
 def make_steps(rs, mask, s_max=4, pad_anywhere=False):
     """Random step rewards / end positions consistent with a prefix mask.
 
-    Per row, a random number of steps in [0, s_max] (0 with probability 0.2) with strictly increasing end positions inside
-    the row's valid prefix (the last step usually ends at the last valid token); the rest is -1.
+    Per row, a random number of steps in [0, s_max] (0 with probability 0.2) with strictly increasing end
+    positions inside the row's valid prefix (the last step usually ends at the last valid token); the rest is -1.
     """
     n, t = mask.shape
     rewards = rs.randn(n, s_max).astype(np.float32)

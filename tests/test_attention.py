@@ -128,7 +128,7 @@ def test_shared_prefix_gradients_equal_the_copied_prefix():
     args = (q, key, value, prefix[0], prefix[1])
     got, want = (jax.jit(jax.value_and_grad(f, argnums=range(5)))(*args) for f in (shared, copied))
     np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
-    for a, b in zip(got[1], want[1]):
+    for a, b in zip(got[1], want[1], strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
 
 
@@ -155,7 +155,7 @@ def test_block_gradients_equal_one_block():
 
     grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)), static_argnums=3)
     one, blocked = grad(q, key, value, 100), grad(q, key, value, 4)
-    for a, b in zip(one, blocked):
+    for a, b in zip(one, blocked, strict=True):
         assert np.abs(np.asarray(a)).max() > 1e-3
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
 

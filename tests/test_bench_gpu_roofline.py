@@ -17,7 +17,6 @@ from grpo_jax.models.model import positions_from_mask
 from grpo_jax.models.transformer import unembedding_matrix
 
 
-
 @pytest.fixture(scope="module")
 def bench():
     return load("bench_gpu_roofline")

@@ -19,12 +19,13 @@ import ml_dtypes
 import numpy as np
 import optax
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from subprocess_lines import LineReader
 
 from grpo_jax import checkpoint as checkpoint_lib
 from grpo_jax.checkpoint import Checkpointer
 from grpo_jax.sharding import logical_sharding, make_mesh
-from subprocess_lines import LineReader
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +40,7 @@ def _bits(x) -> np.ndarray:
 
 def _assert_bit_equal(got, want):
     assert jax.tree.structure(got) == jax.tree.structure(want)
-    for (path, g), w in zip(jax.tree_util.tree_flatten_with_path(got)[0], jax.tree.leaves(want)):
+    for (path, g), w in zip(jax.tree_util.tree_flatten_with_path(got)[0], jax.tree.leaves(want), strict=True):
         assert g.dtype == w.dtype and g.shape == w.shape, jax.tree_util.keystr(path)
         np.testing.assert_array_equal(_bits(g), _bits(w), err_msg=jax.tree_util.keystr(path))
 
@@ -89,7 +90,7 @@ def test_round_trip_is_bit_exact_on_mesh8(mesh8, tmp_path):
         restored, meta = ckpt.restore(_abstract(state))
     _assert_bit_equal(restored, state)
     assert type(restored["opt_state"][0]) is type(state["opt_state"][0])  # optax NamedTuples come back
-    for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
+    for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(state), strict=True):
         assert got.sharding == want.sharding
     assert meta == json.loads(json.dumps(META))
 
@@ -141,7 +142,7 @@ def test_keeps_only_the_newest_max_to_keep_steps(tmp_path):
     state = {"x": jnp.arange(4.0)}
     with Checkpointer(tmp_path, max_to_keep=2) as ckpt:
         for step in (10, 20, 30, 40):
-            ckpt.save(step, jax.tree.map(lambda x: x + step, state), {"step": step})
+            ckpt.save(step, jax.tree.map(lambda x, step=step: x + step, state), {"step": step})
         assert ckpt.all_steps() == [30, 40] and ckpt.latest_step() == 40
         with pytest.raises(ValueError, match=r"`step` must be greater than the latest saved step 40 .* got 40"):
             ckpt.save(40, state, {})
@@ -163,7 +164,7 @@ def test_a_reader_sees_steps_written_and_deleted_after_it_opened(tmp_path):
         with Checkpointer(tmp_path, max_to_keep=None, async_save=False) as reader:
             assert reader.all_steps() == [1]
             for step in (2, 3, 4):
-                writer.save(step, jax.tree.map(lambda x: x + step, state), {"step": step})
+                writer.save(step, jax.tree.map(lambda x, step=step: x + step, state), {"step": step})
             assert reader.all_steps() == [3, 4] and reader.latest_step() == 4
             restored, meta = reader.restore(_abstract(state))
     assert meta == {"step": 4}

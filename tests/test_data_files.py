@@ -171,7 +171,8 @@ FIXTURE = [
      "canonical_solution": "    return a + b\n",
      "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n"},
     {"task_id": "Fixture/1", "entry_point": "double_all",
-     "prompt": "def _twice(x):\n    return 2 * x\n\n\ndef double_all(xs: list) -> list:\n    \"\"\"Double each.\"\"\"\n",
+     "prompt": "def _twice(x):\n    return 2 * x\n\n\n"
+               "def double_all(xs: list) -> list:\n    \"\"\"Double each.\"\"\"\n",
      "canonical_solution": "    return [_twice(x) for x in xs]\n",
      "test": "def check(candidate):\n    assert candidate([1, 2]) == [_twice(1), _twice(2)]\n"},
 ]
@@ -193,7 +194,8 @@ def test_humaneval_from_a_fixture_file(tmp_path):
 def test_humaneval_malformed_fixture(tmp_path):
     bad = {k: v for k, v in FIXTURE[1].items() if k != "entry_point"}
     path = write_jsonl(tmp_path / "he.jsonl", [FIXTURE[0], bad])
-    with pytest.raises(DataFormatError, match=r"he\.jsonl, line 2: HumanEval problem lacks field\(s\) \['entry_point'\]"):
+    with pytest.raises(DataFormatError,
+                       match=r"he\.jsonl, line 2: HumanEval problem lacks field\(s\) \['entry_point'\]"):
         load_humaneval(path)
     path = write_jsonl(tmp_path / "dup.jsonl", [FIXTURE[0], FIXTURE[0]])
     with pytest.raises(DataFormatError, match=r"dup\.jsonl, line 2: duplicate task_id 'Fixture/0' \(first at line 1\)"):

@@ -134,7 +134,9 @@ def test_drop_policy_counts_and_logs(caplog):
 
 
 def test_truncate_policy_with_a_token_count():
-    words = lambda p: len(p.split())  # a stand-in tokenizer: one token per word
+    def words(p):  # a stand-in tokenizer: one token per word
+        return len(p.split())
+
     source = [{"prompt": "one two three four five six", "id": 0}, {"prompt": "short one", "id": 1}]
     stream = PromptStream(source, batch_size=2, shuffle=False, max_prompt_length=4, length_fn=words,
                           overlong="truncate")

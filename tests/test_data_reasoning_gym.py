@@ -35,7 +35,7 @@ def test_examples_are_deterministic_and_reproducible_from_their_fields():
     first = load_reasoning_gym("chain_sum", size=20, seed=3)
     assert load_reasoning_gym("chain_sum", size=20, seed=3) == first
     other = load_reasoning_gym("chain_sum", size=20, seed=4)
-    assert sum(a["question"] != b["question"] for a, b in zip(first, other)) >= 15
+    assert sum(a["question"] != b["question"] for a, b in zip(first, other, strict=True)) >= 15
     for index, example in enumerate(first):
         # rg_config holds create_dataset's exact arguments: the entry can be regenerated from the example alone.
         assert from_json(example["rg_config"]) == {"size": 20, "seed": 3}
@@ -98,7 +98,7 @@ def test_one_batch_can_mix_datasets():
     # every completion now answers another dataset's question: full marks only where the answers coincide
     others = examples[2:] + examples[:2]
     rewards = reasoning_gym_reward([answered(e["answer"]) for e in others], **columns(examples))
-    assert [r == 1.0 for r in rewards] == [e["answer"] == o["answer"] for e, o in zip(examples, others)]
+    assert [r == 1.0 for r in rewards] == [e["answer"] == o["answer"] for e, o in zip(examples, others, strict=True)]
     assert rewards.count(1.0) < len(examples) - 2
 
 

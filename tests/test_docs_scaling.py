@@ -8,7 +8,7 @@ import jax
 import pytest
 from benchmark_scripts import load
 
-from grpo_jax.models import build_model, param_shardings, param_shapes
+from grpo_jax.models import build_model, param_shapes, param_shardings
 from grpo_jax.models.config import ModelConfig
 from grpo_jax.models.memory import kv_cache_bytes_per_token, parameter_count
 from grpo_jax.sharding import make_mesh
@@ -67,7 +67,7 @@ def test_fake_mesh_shards_match_real_shardings(table):
         axes = parse_mesh(mesh)
         shardings = param_shardings(model, make_mesh(axes))
         real = sum(math.prod(sh.shard_shape(s.shape)) for sh, s in zip(jax.tree.leaves(shardings),
-                                                                         jax.tree.leaves(shapes)))
+                                                                         jax.tree.leaves(shapes), strict=True))
         assert layout.elements_per_device(axes)[0] == real, mesh
 
 

@@ -11,10 +11,10 @@ import json
 from pathlib import Path
 
 import pytest
+from hf_checkpoints import make_checkpoint, make_tokenizer
 
 from grpo_jax.metrics import read_metrics
 from grpo_jax.trainer import apply_overrides, load_config, train
-from hf_checkpoints import make_checkpoint, make_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 # The 1.5B recipe is the 0.5B one on a tensor-parallel mesh (checked below); training on that mesh is

@@ -50,7 +50,7 @@ def test_chunked_equals_naive_values_and_gradients(chunk_size):
     g_chunked = jax.grad(objective(lambda h, w: token_logprobs_from_hidden(
         h, w, tokens, temperature=0.7, chunk_size=chunk_size)), argnums=(0, 1))(hidden, w)
     g_naive = jax.grad(objective(lambda h, w: _naive(h, w, tokens, 0.7)), argnums=(0, 1))(hidden, w)
-    for a, b_ in zip(g_chunked, g_naive):
+    for a, b_ in zip(g_chunked, g_naive, strict=True):
         np.testing.assert_allclose(a, b_, rtol=1e-5, atol=1e-6)
 
 

@@ -7,8 +7,8 @@ import pytest
 
 from grpo_jax.losses import (
     aggregate_loss,
-    grpo_loss,
     group_advantages,
+    grpo_loss,
     kl_penalty,
     process_advantages,
     token_logprobs,
@@ -62,7 +62,8 @@ def test_nan_check_does_not_break_jit():
         ((LP, None, LP, ADV, MASK), dict(clip_eps=0.0), r"`clip_eps` must be a finite number > 0"),
         ((LP, None, LP, ADV, MASK), dict(clip_eps_high=-0.1), r"`clip_eps_high` must be a finite number > 0"),
         ((LP, None, LP, ADV, MASK), dict(beta=-1.0), r"`beta` must be a finite number >= 0"),
-        ((LP, None, LP, ADV, MASK), dict(aggregation="seq-mean-token-sum-norm", max_tokens=0), r"`max_tokens` must be an int >= 1 or None, got 0"),
+        ((LP, None, LP, ADV, MASK), dict(aggregation="seq-mean-token-sum-norm", max_tokens=0),
+         r"`max_tokens` must be an int >= 1 or None, got 0"),
         ((LP, None, LP, ADV.at[1].set(jnp.nan), MASK), {}, r"`advantages` contains 1 non-finite"),
         ((LP.astype(jnp.int32), None, None, ADV, MASK), dict(beta=0.0), r"`logprobs` must be a floating-point"),
     ],

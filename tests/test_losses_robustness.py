@@ -9,8 +9,8 @@ import pytest
 
 from grpo_jax.losses import (
     aggregate_loss,
-    grpo_loss,
     group_advantages,
+    grpo_loss,
     kl_penalty,
     process_advantages,
     token_logprobs,

@@ -7,11 +7,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from grpo_jax.losses import (
-    grpo_loss,
     group_advantages,
+    grpo_loss,
     process_advantages,
     token_logprobs,
     token_logprobs_from_hidden,

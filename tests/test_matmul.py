@@ -30,7 +30,7 @@ def test_dense_passes_dot_options_and_has_the_matmul_gradient():
     x32, k32 = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in ((2, 3, 4), (4, 5)))
     ours = jax.grad(lambda x, k: jnp.sum(jnp.sin(dense(x, k))), argnums=(0, 1))(x32, k32)
     plain = jax.grad(lambda x, k: jnp.sum(jnp.sin(jnp.einsum("btd,df->btf", x, k))), argnums=(0, 1))(x32, k32)
-    for a, b in zip(ours, plain):
+    for a, b in zip(ours, plain, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 

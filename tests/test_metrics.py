@@ -294,7 +294,8 @@ def test_tensorboard_events_reach_the_disk_within_the_flush_interval_while_open(
         deadline = time.monotonic() + TENSORBOARD_FLUSH_SECS + 3
         while len(_scalars(_tensorboard_events(tmp_path, complete=False))) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert _scalars(_tensorboard_events(tmp_path, complete=False)) == {("reward/mean", 1): 0.5, ("reward/mean", 2): 0.75}
+        assert _scalars(_tensorboard_events(tmp_path, complete=False)) == {("reward/mean", 1): 0.5,
+                                                                           ("reward/mean", 2): 0.75}
 
 
 def test_resumed_run_tells_tensorboard_to_purge_steps_after_the_checkpoint(tmp_path):

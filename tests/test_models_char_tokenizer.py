@@ -21,7 +21,6 @@ from grpo_jax.models.char_tokenizer import (
     build_char_tokenizer,
 )
 
-
 _ARITHMETIC = build_char_tokenizer(ARITHMETIC_ALPHABET)
 
 
@@ -150,7 +149,7 @@ def test_save_and_load_tokenizer(tmp_path):
     assert loaded.get_vocab() == built.get_vocab()
     assert loaded.model_max_length == built.model_max_length
     texts = ["12 + 7 = ?", "19", " ", "1 , x2", "", "-3 * 4 = ?"]
-    for a, b in zip(built(texts, padding=True)["input_ids"], loaded(texts, padding=True)["input_ids"]):
+    for a, b in zip(built(texts, padding=True)["input_ids"], loaded(texts, padding=True)["input_ids"], strict=True):
         assert a == b
     assert built(texts, padding=True)["attention_mask"] == loaded(texts, padding=True)["attention_mask"]
     ids = [0, 1, 5, 20, 3, 2]
@@ -196,7 +195,8 @@ def test_loads_as_itself_beside_a_model_config(tmp_path):
     from grpo_jax.models import ModelConfig
 
     ModelConfig(model_type="qwen2", vocab_size=21, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
-                num_attention_heads=2, num_key_value_heads=1, head_dim=4, qkv_bias=True).to_hf().save_pretrained(tmp_path)
+                num_attention_heads=2, num_key_value_heads=1, head_dim=4,
+                qkv_bias=True).to_hf().save_pretrained(tmp_path)
     build_char_tokenizer(ARITHMETIC_ALPHABET, path=tmp_path)
     loaded = load_tokenizer(tmp_path)
     assert loaded("45 + 8 = ?")["input_ids"] == [8, 9, 20, 14, 20, 12, 20, 18, 20, 19]

@@ -17,14 +17,18 @@ pytest.importorskip("torch")
 pytest.importorskip("gguf")
 
 import jax.numpy as jnp  # noqa: E402
+from gguf_files import llama_cpp_permute, write_gguf  # noqa: E402
+from hf_checkpoints import make_checkpoint, torch_logits  # noqa: E402
 
 from grpo_jax.models import forward, load_pretrained, load_tokenizer, save_pretrained  # noqa: E402
 from grpo_jax.models.config import UnsupportedModelError  # noqa: E402
 from grpo_jax.models.gguf_io import (  # noqa: E402
-    SUPPORTED_TENSOR_TYPES, GGUFError, find_gguf_file, packaged_gguf, unpermute_rows,
+    SUPPORTED_TENSOR_TYPES,
+    GGUFError,
+    find_gguf_file,
+    packaged_gguf,
+    unpermute_rows,
 )
-from gguf_files import llama_cpp_permute, write_gguf  # noqa: E402
-from hf_checkpoints import make_checkpoint, torch_logits  # noqa: E402
 
 TOL = 2e-5  # fp32, tiny models: both sides dequantize the same bytes
 

@@ -11,6 +11,7 @@ pytest.importorskip("torch")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from hf_checkpoints import make_checkpoint, torch_logits  # noqa: E402
 
 from grpo_jax.models import (  # noqa: E402
     UnsupportedModelError,
@@ -18,7 +19,6 @@ from grpo_jax.models import (  # noqa: E402
     load_pretrained,
     save_pretrained,
 )
-from hf_checkpoints import make_checkpoint, torch_logits  # noqa: E402
 
 IDS = np.random.RandomState(0).randint(0, 96, (2, 12))
 
@@ -180,8 +180,9 @@ def test_unsupported_architectures(qwen2_dir, tmp_path, change, pattern):
     ],
 )
 def test_unsupported_options_on_a_supported_model_type(attribute, value, pattern):
-    from grpo_jax.models import ModelConfig
     from hf_checkpoints import hf_config
+
+    from grpo_jax.models import ModelConfig
 
     config = hf_config("llama_gqa2_untied")
     setattr(config, attribute, value)

@@ -4,10 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hf_checkpoints import FAMILIES, hf_config
 
 from grpo_jax.models import ModelConfig, build_model, param_shapes
 from grpo_jax.models.memory import kv_cache_bytes_per_token, parameter_count, training_bytes_per_parameter
-from hf_checkpoints import FAMILIES, hf_config
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

@@ -7,9 +7,9 @@ pytest.importorskip("torch")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from hf_checkpoints import FAMILIES, make_checkpoint, torch_logits  # noqa: E402
 
 from grpo_jax.models import ModelConfig, build_model, forward, init_cache, load_pretrained, positions_from_mask  # noqa: E402
-from hf_checkpoints import FAMILIES, make_checkpoint, torch_logits  # noqa: E402
 
 VOCAB = 96
 TOL = 1e-4  # fp32 max abs difference required by the models issue

@@ -7,11 +7,12 @@ pytest.importorskip("torch")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+from hf_checkpoints import make_checkpoint  # noqa: E402
+from jax.sharding import NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P
 
 from grpo_jax.models import forward, hf_io, load_pretrained  # noqa: E402
 from grpo_jax.sharding import make_mesh  # noqa: E402
-from hf_checkpoints import make_checkpoint  # noqa: E402
 
 MESHES = {"fsdp8": {"fsdp": 8}, "fsdp4_tensor2": {"fsdp": 4, "tensor": 2}, "data8": {"data": 8}}
 

@@ -1,9 +1,10 @@
 """The tokenizer is transformers' AutoTokenizer from the checkpoint directory; prompts may use its chat template."""
 
 import pytest
+from hf_checkpoints import make_tokenizer
 
 from grpo_jax.models import load_tokenizer, render_prompt
-from hf_checkpoints import make_tokenizer
+
 
 def test_load_and_render_with_chat_template(tmp_path):
     make_tokenizer(tmp_path)

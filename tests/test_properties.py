@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from grpo_jax.losses import AGGREGATIONS, grpo_loss, group_advantages, process_advantages
+from grpo_jax.losses import AGGREGATIONS, group_advantages, grpo_loss, process_advantages
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # Shapes are drawn from small fixed sets so that eager JAX reuses its compiled kernels across examples.

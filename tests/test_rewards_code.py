@@ -42,7 +42,8 @@ HUMANEVAL_STYLE = [
         solution="def count_words(s):\n    out = {}\n    for w in s.split():\n        out[w] = out.get(w, 0) + 1\n"
                  "    return out\n",
         entry_point="count_words",
-        test="def check(candidate):\n    assert candidate('a b a') == {'a': 2, 'b': 1}\n    assert candidate('') == {}\n",
+        test="def check(candidate):\n    assert candidate('a b a') == {'a': 2, 'b': 1}\n"
+             "    assert candidate('') == {}\n",
     ),
 ]
 
@@ -74,7 +75,8 @@ def test_positives_and_fraction():
 
 def test_humaneval_style_canonical_solutions_pass_and_wrong_ones_fail():
     rewards = code_reward([f"```python\n{p['solution']}```" for p in HUMANEVAL_STYLE],
-                          tests=[p["test"] for p in HUMANEVAL_STYLE], entry_point=[p["entry_point"] for p in HUMANEVAL_STYLE],
+                          tests=[p["test"] for p in HUMANEVAL_STYLE],
+                          entry_point=[p["entry_point"] for p in HUMANEVAL_STYLE],
                           test_setup=[p["prompt"] for p in HUMANEVAL_STYLE])
     assert rewards == [1.0, 1.0, 1.0]
     wrong = code_reward(["def running_max(xs):\n    return xs"], tests=[HUMANEVAL_STYLE[0]["test"]],
@@ -83,7 +85,8 @@ def test_humaneval_style_canonical_solutions_pass_and_wrong_ones_fail():
 
 
 def test_slow_code_fails_the_time_limit():
-    """The seed's two Fibonacci solutions: a loop passes fib(38) within 1 s (naive: ~3.5 s), naive recursion does not."""
+    """The seed's two Fibonacci solutions: a loop passes fib(38) within 1 s (naive: ~3.5 s), naive recursion does
+    not."""
     check = "def check(candidate):\n    assert candidate(10) == 55\n    assert candidate(38) == 39088169\n"
     loop = "def fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a"
     naive = "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)"
@@ -238,8 +241,9 @@ def test_attacks_earn_nothing(attack, kind, sentinel):
 
 def test_files_outside_cannot_be_written_or_deleted(sentinel):
     targets = [str(p) for p in sentinel] + [str(Path(__file__).resolve())]
-    code = ("import os\nfor t in %r:\n    for op in (lambda: open(t, 'w').write('pwned'), lambda: os.remove(t)):\n"
-            "        try:\n            op()\n        except OSError:\n            pass\nprint('done')" % targets)
+    code = (f"import os\nfor t in {targets!r}:\n"
+            "    for op in (lambda: open(t, 'w').write('pwned'), lambda: os.remove(t)):\n"
+            "        try:\n            op()\n        except OSError:\n            pass\nprint('done')")
     before = Path(__file__).read_bytes()
     assert _score(code, [{"input": "", "output": "done"}]) == 1.0  # it ran to the end
     assert all(p.read_text() == "original" for p in sentinel)

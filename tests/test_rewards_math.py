@@ -197,12 +197,12 @@ EXPECTED = [1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
 
 
 def test_math_reward_batch_ignores_extra_fields():
-    completions, answers = zip(*BATCH)
+    completions, answers = zip(*BATCH, strict=True)
     assert math_reward(list(completions), answer=list(answers), prompts=["p"] * 8, trainer_state=None) == EXPECTED
 
 
 def test_math_reward_in_a_worker_thread_gives_the_same_results():
-    completions, answers = zip(*BATCH)
+    completions, answers = zip(*BATCH, strict=True)
     main = math_reward(list(completions), answer=list(answers))
     worker = _in_thread(lambda: math_reward(list(completions), answer=list(answers)))
     assert main == worker == EXPECTED

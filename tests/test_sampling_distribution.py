@@ -14,11 +14,11 @@ pytest.importorskip("torch")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from hf_checkpoints import make_checkpoint  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from grpo_jax.models import forward, load_pretrained  # noqa: E402
 from grpo_jax.sampling import SamplingConfig, generate  # noqa: E402
-from hf_checkpoints import make_checkpoint  # noqa: E402
 
 ALPHA = 1e-3
 DRAWS = 6000

@@ -13,10 +13,10 @@ import os
 import fsspec
 import pytest
 from fsspec.implementations.local import LocalFileSystem
+from trainer_runs import tiny_config
 
 from grpo_jax import storage
 from grpo_jax.metrics import MetricsWriter, plot_metrics, read_metrics
-from trainer_runs import tiny_config
 
 
 class FakeGCS(LocalFileSystem):

@@ -13,9 +13,10 @@ prompts differently from its tokenizer.json, so the completions differ for a rea
 import json
 
 from benchmark_scripts import load
-from grpo_jax.trainer import train
 from hf_checkpoints import make_checkpoint, make_tokenizer
 from trainer_runs import tiny_config
+
+from grpo_jax.trainer import train
 
 
 def test_transformers_generate_on_the_export_matches_grpo_jax_eval(tmp_path):

@@ -243,7 +243,7 @@ def main(argv=None) -> dict:
                      "GRPOTrainer._generate_single_turn instead")
     results = []
     breakdown = {"_loss_forward": 0.0, "_backward": 0.0, "_optimizer": 0.0}
-    for step_s, ph, tokens in steps[1:]:
+    for _step_s, ph, _tokens in steps[1:]:
         for k in breakdown:
             breakdown[k] += ph[k] / max(1, len(steps) - 1)
     for step_s, ph, tokens in steps:

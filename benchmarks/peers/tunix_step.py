@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(step_times) != total_steps:
         raise SystemExit(f"expected {total_steps} GRPO steps, ran {len(step_times)}")
 
-    steps = [dict(step_s=t, **p) for t, p in zip(step_times[1:], phases[1:])]
+    steps = [dict(step_s=t, **p) for t, p in zip(step_times[1:], phases[1:], strict=True)]
     result = {
         "framework": "tunix",
         "size": args.size,

@@ -112,31 +112,32 @@ def token_logprobs_from_hidden(
     n_chunks = -(-t // min(chunk_size, t))
     chunk = -(-t // n_chunks)  # balanced chunks: T = 129 with chunk_size 128 runs 2 x 65, not 2 x 128
     pad = n_chunks * chunk - t
-    h = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
-    tok = jnp.pad(tokens, ((0, 0), (0, pad)))
+    hidden_padded = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+    tokens_padded = jnp.pad(tokens, ((0, 0), (0, pad)))
     # [n_chunks, B, chunk, ...]: every chunk spans the whole batch, so a batch-sharded input stays
     # evenly spread over devices chunk by chunk.
-    h = h.reshape(b, n_chunks, chunk, d).swapaxes(0, 1)
-    tok = tok.reshape(b, n_chunks, chunk).swapaxes(0, 1)
+    hidden_chunks = hidden_padded.reshape(b, n_chunks, chunk, d).swapaxes(0, 1)
+    token_chunks = tokens_padded.reshape(b, n_chunks, chunk).swapaxes(0, 1)
 
-    def one_chunk(w: jax.Array, h_c: jax.Array, tok_c: jax.Array):
-        logits = dense(h_c, w, preferred_element_type=jnp.float32) / temperature
+    def one_chunk(unembedding_DxV: jax.Array, hidden_BxCxD: jax.Array, tokens_BxC: jax.Array):  # C = chunk
+        logits_BxCxV = dense(hidden_BxCxD, unembedding_DxV, preferred_element_type=jnp.float32) / temperature
         if not return_entropy:
-            return _logprobs_of(logits, tok_c)
+            return _logprobs_of(logits_BxCxV, tokens_BxC)
         # -sum p log p, with log p from logits shifted by their maximum (log p of the top token is then
         # -log(1 + small), exact in float32). lse - sum p * logits, the same in exact arithmetic, subtracts two
         # large, nearly equal numbers: logits [1000, 990, 0] gave 0.016 nats against 5.0e-4. The token's
         # log-probability is read from the same log p: no second logsumexp pass over [B, chunk, V].
-        shifted = logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+        shifted = logits_BxCxV - jax.lax.stop_gradient(jnp.max(logits_BxCxV, axis=-1, keepdims=True))
         log_p = shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))
         entropy = -jnp.sum(jnp.exp(log_p) * log_p, axis=-1)
-        picked = jnp.take_along_axis(log_p, tok_c[..., None].astype(jnp.int32), axis=-1, mode="clip")[..., 0]
+        picked = jnp.take_along_axis(log_p, tokens_BxC[..., None].astype(jnp.int32), axis=-1, mode="clip")[..., 0]
         return picked, entropy
 
     # With several chunks, each chunk's logits are recomputed in the backward pass rather than kept from the
     # forward (memory B * chunk * V, not B * T * V). A single chunk's logits are needed all at once either way,
     # so recomputing them would only cost another LM-head matmul.
     chunk_fn = jax.checkpoint(one_chunk) if n_chunks > 1 else one_chunk
-    per_chunk = jax.lax.map(lambda xs: chunk_fn(unembedding, *xs), (h, tok))  # [n_chunks, B, chunk]
+    # [n_chunks, B, chunk] log-probabilities (and entropies)
+    per_chunk = jax.lax.map(lambda xs: chunk_fn(unembedding, *xs), (hidden_chunks, token_chunks))
     unchunk = lambda x: x.swapaxes(0, 1).reshape(b, n_chunks * chunk)[:, :t]  # noqa: E731
     return jax.tree.map(unchunk, per_chunk)

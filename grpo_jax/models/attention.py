@@ -9,19 +9,21 @@ left-padding position) gets an unspecified finite output; nothing reads it, beca
 attends a padding slot and the losses mask padding out.
 
 Memory. Plain attention holds fp32 scores [B, K, G, T, S], and autodiff keeps the probabilities of every
-layer for the backward pass: at 32 rows x 1,056 tokens of the 12.6M benchmark model that is about 0.8 GB
-per tensor per layer. ``attend`` splits the T queries into blocks of ``query_block`` and wraps each block
-in ``jax.checkpoint``, so the backward pass recomputes a block's scores from the queries, keys and values
-it already keeps: what is saved for the backward pass is O(T), for one extra QK^T matmul per block. (XLA
-may still overlap several blocks' recomputations; its CPU scheduler does, so the peak holds a few blocks'
-scores: docs/benchmarks.md.) A call with T <= query_block is one block and is not rematerialised.
+layer for the backward pass: quadratic in the sequence length, they dominate a long sequence's gradient
+(docs/benchmarks.md, "Attention in query blocks", sizes them). ``attend`` splits the T queries into blocks
+of ``query_block`` and wraps each block in ``jax.checkpoint``, so the backward pass recomputes a block's
+scores from the queries, keys and values it already keeps: what is saved for the backward pass is O(T),
+for one extra QK^T matmul per block. (XLA may still overlap several blocks' recomputations; its CPU
+scheduler does, so the peak holds a few blocks' scores: docs/benchmarks.md.) A call with T <= query_block
+is one block and is not rematerialised.
 
-A shared prefix. Rows that continue the same prompt (GRPO's G completions of a prompt) may pass its keys
-and values once, as ``prefix``, instead of each row holding a copy in ``key``/``value``: every query
-also attends the prefix's slots (all of them, under the prefix mask), in the same softmax as its own
+A shared prefix. Rows that continue the same prompt (a GRPO group: the completions of one prompt) may pass
+its keys and values once, as ``prefix``, instead of each row holding a copy in ``key``/``value``: every
+query also attends the prefix's slots (all of them, under the prefix mask), in the same softmax as its own
 slots. In a decode step (one query per row) the prefix's scores are one matmul per prompt over all of
 its rows' queries, and the step reads the prompt's keys and values once per prompt, not once per row.
-With more queries per row the prefix is copied to the rows inside the call (measured faster on the CPU).
+With more queries per row the prefix is copied to the rows inside the call, which is faster on the CPU
+than a separate prefix matmul joined to the rows' scores (docs/benchmarks.md).
 
 Causal key ranges. When ``cache_index`` is a Python int (every call but a decode step), a block reads
 only the key slots its last query may see, ``[0, cache_index + block end)``: the blocks skip the upper
@@ -42,9 +44,8 @@ Prefix = tuple[jax.Array, jax.Array, jax.Array]
 
 _MASKED = float(jnp.finfo(jnp.float32).min)  # finite, so a query with nothing to attend stays NaN-free
 
-# Queries per block by default: at 32 rows x 1,056 tokens of the 12.6M benchmark model on a 2-core CPU (with
-# XLA's memory-saving scheduler, which one block needs to fit) the gradient took 34-38 s with blocks of 128,
-# 39 s with 64, 43-45 s with 256 and 51-57 s as one block.
+# Queries per block by default: the fastest of the block sizes compared on a long sequence's gradient
+# (docs/benchmarks.md, "Attention in query blocks").
 DEFAULT_QUERY_BLOCK = 128
 
 
@@ -69,8 +70,8 @@ def attend(q: jax.Array, key: jax.Array, value: jax.Array, kv_mask: jax.Array, c
         raise ValueError(f"attend: {q.shape[0]} query rows are not a multiple of the prefix's {prefix[0].shape[0]}")
     if prefix is not None and t > 1:
         # Many queries per row (the shared-prompt training pass): the prefix is copied into each row's first
-        # slots, which on the CPU measured faster than its own matmul and softmax concatenation (reference
-        # pass 0.86 -> 1.04 of the plain forward at 32-token prompts). Decode steps keep it shared.
+        # slots, which on the CPU is faster than its own matmul and softmax concatenation (docs/benchmarks.md).
+        # Decode steps keep it shared.
         key, value, kv_mask, cache_index = _prefix_as_own_slots(prefix, key, value, kv_mask, cache_index)
         prefix, s = None, key.shape[2]
     static = isinstance(cache_index, (int, np.integer))
@@ -107,7 +108,7 @@ def _attend_slots(q: jax.Array, key: jax.Array, value: jax.Array, kv_mask: jax.A
     the prefix's slots, for any T; ``attend`` passes a prefix here only for single-query calls).
 
     Shapes as ``attend``; here S may be the first slots of the cache. Scores and softmax are fp32."""
-    b, t, k, g, dh = q.shape
+    batch, t, kv_heads, heads_per_kv, dh = q.shape
     s = key.shape[2]
     if t == 1:  # decoding: a matrix-vector product per row, memory-bound; a fused multiply-reduce reads the
         # cache once, where a batched matmul of [G, Dh] x [Dh, S] tiles is dominated by overhead
@@ -115,25 +116,29 @@ def _attend_slots(q: jax.Array, key: jax.Array, value: jax.Array, kv_mask: jax.A
                          axis=-1)[:, :, :, None, :]
     else:
         scores = jnp.einsum("btkgd,bksd->bkgts", q, key, preferred_element_type=jnp.float32)
-    scores = scores / jnp.sqrt(jnp.float32(dh))
+    scores = scores / jnp.sqrt(jnp.float32(dh))  # [B, K, G, T, S]
     query_slot = first_slot + jnp.arange(t)
-    allowed = (jnp.arange(s)[None, :] <= query_slot[:, None])[None] & kv_mask[:, None, :].astype(bool)
-    scores = jnp.where(allowed[:, None, None], scores, _MASKED)
-    if prefix is not None:  # the prefix's slots first, in the same softmax
+    allowed_BxTxS = (jnp.arange(s)[None, :] <= query_slot[:, None])[None] & kv_mask[:, None, :].astype(bool)
+    scores = jnp.where(allowed_BxTxS[:, None, None], scores, _MASKED)
+    if prefix is not None:  # the prefix's slots first, in the same softmax: scores become [B, K, G, T, P + S]
         prefix_key, prefix_value, prefix_mask = prefix
         bp, p = prefix_key.shape[0], prefix_key.shape[2]
-        rows = b // bp  # query rows per prefix row
-        # one [rows * T * G, Dh] x [Dh, P] matmul per prefix row and kv head
-        prefix_scores = jnp.einsum("brtkgd,bkpd->brkgtp", q.reshape(bp, rows, t, k, g, dh), prefix_key,
-                                   preferred_element_type=jnp.float32).reshape(b, k, g, t, p)
-        prefix_scores = prefix_scores / jnp.sqrt(jnp.float32(dh))
-        seen = jnp.repeat(prefix_mask.astype(bool), rows, axis=0)[:, None, None, None, :]
-        scores = jnp.concatenate([jnp.where(seen, prefix_scores, _MASKED), scores], axis=-1)
+        rows = batch // bp  # R, query rows per prefix row
+        # one [R * T * G, Dh] x [Dh, P] matmul per prefix row and kv head
+        q_BpxRxTxKxGxDh = q.reshape(bp, rows, t, kv_heads, heads_per_kv, dh)
+        prefix_scores = jnp.einsum("brtkgd,bkpd->brkgtp", q_BpxRxTxKxGxDh, prefix_key,
+                                   preferred_element_type=jnp.float32)
+        prefix_scores_BxKxGxTxP = prefix_scores.reshape(batch, kv_heads, heads_per_kv, t, p)
+        prefix_scores_BxKxGxTxP = prefix_scores_BxKxGxTxP / jnp.sqrt(jnp.float32(dh))
+        seen_BxP = jnp.repeat(prefix_mask.astype(bool), rows, axis=0)
+        scores = jnp.concatenate(
+            [jnp.where(seen_BxP[:, None, None, None, :], prefix_scores_BxKxGxTxP, _MASKED), scores], axis=-1)
     probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
     shared = None
     if prefix is not None:
-        shared = jnp.einsum("brkgtp,bkpd->brtkgd", probs[..., :p].reshape(bp, rows, k, g, t, p), prefix_value)
-        probs, shared = probs[..., p:], shared.reshape(b, t, k, g, dh)
+        prefix_probs_BpxRxKxGxTxP = probs[..., :p].reshape(bp, rows, kv_heads, heads_per_kv, t, p)
+        shared = jnp.einsum("brkgtp,bkpd->brtkgd", prefix_probs_BpxRxKxGxTxP, prefix_value)
+        probs, shared = probs[..., p:], shared.reshape(batch, t, kv_heads, heads_per_kv, dh)
     if t == 1:
         out = jnp.sum(probs[:, :, :, 0, :, None] * value[:, :, None], axis=-2)[:, None]  # [B, 1, K, G, Dh]
     else:

@@ -15,9 +15,9 @@ from grpo_jax.models.config import ModelConfig
 def parameter_count(config: ModelConfig) -> int:
     """Number of parameters (the same as summing the sizes of ``init_params``)."""
     d, f, dh = config.hidden_size, config.intermediate_size, config.head_dim
-    h, k = config.num_attention_heads, config.num_key_value_heads
-    attention = d * (h + 2 * k) * dh + h * dh * d
-    attention += (h + 2 * k) * dh if config.qkv_bias else 0
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    attention = d * (heads + 2 * kv_heads) * dh + heads * dh * d  # q, k, v and o projections
+    attention += (heads + 2 * kv_heads) * dh if config.qkv_bias else 0
     attention += d if config.o_bias else 0
     attention += 2 * dh if config.qk_norm else 0
     layer = attention + 3 * d * f + 2 * d  # SwiGLU's three matrices, two norms

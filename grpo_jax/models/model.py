@@ -52,9 +52,9 @@ def init_params(model: Transformer, key: jax.Array, mesh: Mesh | None = None) ->
 
     With a mesh, each parameter is created directly in its sharded layout (jit with out_shardings).
     """
-    def init(k):
+    def init(rng):
         ids = jnp.zeros((1, 1), jnp.int32)
-        return nn.meta.unbox(model.init(k, ids, ids, ids)["params"])
+        return nn.meta.unbox(model.init(rng, ids, ids, ids)["params"])
 
     if mesh is None:
         return jax.jit(init)(key)

@@ -60,17 +60,20 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, x, cos, sin, kv_mask, cache, cache_index, prefix=None, prefix_mask=None):
         cfg = self.config
-        d, h, k, dh = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        d, dh = cfg.hidden_size, cfg.head_dim
+        num_heads, num_kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
         dtype = cfg.dtype
 
         def project(name, heads, axes):
             kernel = _param(self, f"{name}_kernel", _INIT, (d, heads, dh), ("embed", axes, "head_dim"))
             y = dense(x, kernel.astype(dtype).reshape(d, heads * dh)).reshape(*x.shape[:2], heads, dh)
             if cfg.qkv_bias:
-                y = y + _param(self, f"{name}_bias", nn.initializers.zeros, (heads, dh), (axes, "head_dim")).astype(dtype)
+                bias = _param(self, f"{name}_bias", nn.initializers.zeros, (heads, dh), (axes, "head_dim"))
+                y = y + bias.astype(dtype)
             return constrain(y, ("batch", "length", axes, "head_dim"), self.mesh_rules)
 
-        q, key, value = project("q", h, "heads"), project("k", k, "kv_heads"), project("v", k, "kv_heads")
+        q = project("q", num_heads, "heads")
+        key, value = project("k", num_kv_heads, "kv_heads"), project("v", num_kv_heads, "kv_heads")
         if cfg.qk_norm:
             q = RMSNorm(cfg, "head_dim", name="q_norm")(q)
             key = RMSNorm(cfg, "head_dim", name="k_norm")(key)
@@ -96,20 +99,21 @@ class Attention(nn.Module):
             }
             if isinstance(cache_index, int) and cache_index == 0:
                 # A prefill may attend exactly the slots it writes: use them as written, not a slice of the
-                # updated cache (the slice's gradient crashed XLA's YNNPACK dot on the CPU, jaxlib 0.10.2).
+                # updated cache (the slice's gradient crashes XLA's CPU dot kernel, YNNPACK; docs/benchmarks.md).
                 key, value, kv_mask = stored_k.astype(dtype), stored_v.astype(dtype), kv_mask[:, :key.shape[2]]
             else:
                 key, value = new_cache["k"].astype(dtype), new_cache["v"].astype(dtype)
 
         b, t = x.shape[:2]
-        q = q.reshape(b, t, k, h // k, dh)  # grouped-query: each kv head serves h // k query heads
+        heads_per_kv = num_heads // num_kv_heads  # grouped-query: each kv head serves this many query heads
+        q = q.reshape(b, t, num_kv_heads, heads_per_kv, dh)
         shared = None if prefix is None else (prefix["k"].astype(dtype), prefix["v"].astype(dtype), prefix_mask)
         out = attend(q, key, value, kv_mask, cache_index, cfg.attention_query_block, shared)
-        out = out.reshape(b, t, h, dh)
+        out = out.reshape(b, t, num_heads, dh)
         out = constrain(out, ("batch", "length", "heads", "head_dim"), self.mesh_rules)
 
-        o_kernel = _param(self, "o_kernel", _INIT, (h, dh, d), ("heads", "head_dim", "embed"))
-        y = dense(out.reshape(b, t, h * dh), o_kernel.astype(dtype).reshape(h * dh, d))
+        o_kernel = _param(self, "o_kernel", _INIT, (num_heads, dh, d), ("heads", "head_dim", "embed"))
+        y = dense(out.reshape(b, t, num_heads * dh), o_kernel.astype(dtype).reshape(num_heads * dh, d))
         if cfg.o_bias:
             y = y + _param(self, "o_bias", nn.initializers.zeros, (d,), ("embed",)).astype(dtype)
         return y, new_cache

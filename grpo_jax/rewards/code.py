@@ -107,7 +107,8 @@ def _run_io_cases(program: str, cases: Sequence[dict], timeout_s: float, limits:
         got = [_normalise(o["stdout"]) if o.get("ok") is True else None for o in outputs]
     except (ValueError, TypeError, AttributeError, KeyError):
         return 0, len(cases)  # no readable report: nothing passed
-    return sum(1 for g, e in zip(got, expected) if g == e), len(cases)
+    # a report cut short (the runner killed mid-way) has fewer outputs: the missing cases did not pass
+    return sum(1 for g, e in zip(got, expected, strict=False) if g == e), len(cases)
 
 
 # ---- HumanEval-style check programs -------------------------------------------------------------------

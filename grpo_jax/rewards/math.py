@@ -184,7 +184,7 @@ def _raise_in_thread(thread_id: int, exc: type[BaseException]) -> None:
 
     Never called with None to withdraw a queued exception: on CPython 3.11 that leaves the interpreter's
     "pending work" flag set with nothing to deliver, so from then on every function entry and loop back-edge
-    takes the slow path (measured: about 10% on call-heavy Python), and under a tracer or profiler
+    takes the slow path (slowing all Python code; docs/benchmarks.md), and under a tracer or profiler
     (``sys.settrace``: pdb, coverage; ``sys.setprofile``: cProfile) the next function called re-runs its
     first instruction forever."""
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc))
@@ -379,7 +379,7 @@ def math_reward(
         raise ValueError(f"math_reward: `timeout_seconds` must be an int >= 1 or None, got {timeout_seconds!r}")
     golds: dict[str, list] = {}
     rewards = []
-    for i, (completion, reference) in enumerate(zip(completions, answer)):
+    for i, (completion, reference) in enumerate(zip(completions, answer, strict=True)):
         if not isinstance(completion, str):
             raise TypeError(f"math_reward: completion {i} must be a str, got {type(completion).__name__}")
         predicted = extract_answer(completion, order=order)
@@ -389,10 +389,10 @@ def math_reward(
             continue
         try:
             if gold_text not in golds:
-                golds[gold_text] = _call_with_deadline(lambda: _parse(gold_text), timeout_seconds)
+                golds[gold_text] = _call_with_deadline(lambda text=gold_text: _parse(text), timeout_seconds)
             gold = golds[gold_text]
             ok = bool(gold) and _call_with_deadline(
-                lambda: _equivalent(gold, predicted), timeout_seconds
+                lambda gold=gold, predicted=predicted: _equivalent(gold, predicted), timeout_seconds
             )
         except _DeadlineExceeded:
             logger.warning(

@@ -240,7 +240,8 @@ def run_python(argv: list[str], stdin: bytes, limits: SandboxLimits = SandboxLim
         kill = functools.partial(_kill_group, proc)
 
         out, err, overflow = [], [], threading.Event()
-        readers = [threading.Thread(target=_read_bounded, args=(proc.stdout, limits.max_output_bytes, out, overflow, kill)),
+        readers = [threading.Thread(target=_read_bounded,
+                                    args=(proc.stdout, limits.max_output_bytes, out, overflow, kill)),
                    threading.Thread(target=_read_bounded, args=(proc.stderr, 64 * 1024, err, threading.Event(),
                                                                 lambda: None))]
         for r in readers:
