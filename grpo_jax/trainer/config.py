@@ -539,7 +539,7 @@ def _resolve_aliases(values: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def _check_cross_section(config: TrainConfig) -> None:
-    g, d, o, sampling = config.grpo, config.data, config.optimizer, config.sampling
+    grpo, data, optimizer, sampling = config.grpo, config.data, config.optimizer, config.sampling
     if sampling.num_generations < 2:
         raise ConfigError(f"sampling.num_generations={sampling.num_generations} is invalid: expected an int >= 2 "
                           "(GRPO compares completions within a group)")
@@ -549,28 +549,28 @@ def _check_cross_section(config: TrainConfig) -> None:
     if sampling.pad_token_id != SamplingConfig.pad_token_id:
         raise ConfigError(f"sampling.pad_token_id={sampling.pad_token_id}: a run takes the pad token from its "
                           "tokenizer; leave it unset")
-    n = d.batch_size * sampling.num_generations
-    if n % g.num_minibatches:
+    n = data.batch_size * sampling.num_generations
+    if n % grpo.num_minibatches:
         raise ConfigError(
-            f"grpo.num_minibatches={g.num_minibatches} must divide the {n} completions of a step "
-            f"(data.batch_size={d.batch_size} x sampling.num_generations={sampling.num_generations})"
+            f"grpo.num_minibatches={grpo.num_minibatches} must divide the {n} completions of a step "
+            f"(data.batch_size={data.batch_size} x sampling.num_generations={sampling.num_generations})"
         )
-    minibatch = n // g.num_minibatches
-    if minibatch % o.gradient_accumulation_steps:
+    minibatch = n // grpo.num_minibatches
+    if minibatch % optimizer.gradient_accumulation_steps:
         raise ConfigError(
-            f"optimizer.gradient_accumulation_steps={o.gradient_accumulation_steps} must divide the minibatch of "
-            f"{minibatch} completions ({n} completions / grpo.num_minibatches={g.num_minibatches})"
+            f"optimizer.gradient_accumulation_steps={optimizer.gradient_accumulation_steps} must divide the "
+            f"minibatch of {minibatch} completions ({n} completions / grpo.num_minibatches={grpo.num_minibatches})"
         )
-    for name in g.rewards:  # a reward only some tasks can feed (registry.Reward.tasks), rejected before loading
+    for name in grpo.rewards:  # a reward only some tasks can feed (registry.Reward.tasks), rejected before loading
         reward = REWARDS.get(name)
-        if reward is not None and reward.tasks is not None and d.task not in reward.tasks:
-            raise ConfigError(f"grpo.rewards includes {name!r} but data.task={d.task!r}; the {name} reward needs "
+        if reward is not None and reward.tasks is not None and data.task not in reward.tasks:
+            raise ConfigError(f"grpo.rewards includes {name!r} but data.task={data.task!r}; the {name} reward needs "
                               f"a task with {', '.join(reward.fields)} ({', '.join(reward.tasks)})")
-    if d.system_prompt is not None and not d.chat_template:
+    if data.system_prompt is not None and not data.chat_template:
         raise ConfigError("data.system_prompt is set but data.chat_template=False: without the chat template a "
                           "prompt is used as it is and the system prompt would be ignored; set "
                           "data.chat_template=true, or put the text in data.prompt_suffix")
-    if config.model.path is None and d.chat_template:
+    if config.model.path is None and data.chat_template:
         raise ConfigError("data.chat_template=True needs a model.path whose tokenizer has a chat template; "
                           "a from-scratch model uses a character tokenizer")
 

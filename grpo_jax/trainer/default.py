@@ -14,13 +14,13 @@ prompts never seen in training (``data.eval_split=prompt``) a model this small d
 the run; see the README.
 """
 
+from grpo_jax.sampling import SamplingConfig
 from grpo_jax.trainer.config import (
     DataConfig,
     GRPOConfig,
     ModelSpec,
     OptimizerConfig,
     RunConfig,
-    SamplingConfig,
     SFTConfig,
     TrainConfig,
 )

@@ -116,16 +116,16 @@ def rollout(model, params, tokenizer, examples: list[Example], key: jax.Array, s
     ``overlong_buffer``: add DAPO's soft overlong penalty (max_length = max_new_tokens) to the total reward.
     """
     t0 = time.perf_counter()
-    g = sampling.num_generations
+    group_size = sampling.num_generations
     ids, mask = encode_prompts(tokenizer, prompt_texts, buckets=sampling.prompt_length_buckets,
                                pad_id=sampling.pad_token_id, add_special_tokens=add_special_tokens)
     result: SampleResult = generate(model, params, ids, mask, key, sampling)
     tokens, cmask, plp, finished = to_host((result.tokens, result.mask, result.policy_logprobs, result.finished))
     n = len(tokens)
-    owned = owned_rows(result.tokens.sharding, n, g)
+    owned = owned_rows(result.tokens.sharding, n, group_size)
     texts = decode_completions(tokenizer, tokens[owned], cmask[owned])
     t1 = time.perf_counter()
-    local_total, local_per_reward, failures = score(specs, texts, example_columns(examples, g, owned))
+    local_total, local_per_reward, failures = score(specs, texts, example_columns(examples, group_size, owned))
     failures = [dataclasses.replace(f, index=int(owned[f.index])) for f in failures]
     merged = sum_over_hosts({
         "total": scatter_rows(owned, local_total, n),
@@ -147,15 +147,15 @@ def rollout(model, params, tokenizer, examples: list[Example], key: jax.Array, s
 def select_groups(rollouts: Sequence[Rollout], groups: Sequence[tuple[int, int]], pad_id: int) -> Rollout:
     """A Rollout of the chosen (rollout index, prompt index) groups, prompts re-padded (with ``pad_id``, on the
     left) to a common length."""
-    g = rollouts[0].group_size
+    group_size = rollouts[0].group_size
     p = max(r.prompt_ids.shape[1] for r in rollouts)
 
     def left_pad(x: np.ndarray, value: int) -> np.ndarray:
         return np.pad(x, ((0, 0), (p - x.shape[1], 0)), constant_values=value)
 
     prompt_rows = [(r, i) for r, i in groups]
-    comp_rows = np.array([i * g + j for _, i in groups for j in range(g)])
-    comp_src = [r for r, _ in groups for _ in range(g)]
+    comp_rows = np.array([i * group_size + j for _, i in groups for j in range(group_size)])
+    comp_src = [r for r, _ in groups for _ in range(group_size)]
     # the texts this process holds (of the rows it owns), by (rollout, row)
     text_of = {(r, int(row)): text
                for r, ro in enumerate(rollouts) for row, text in zip(ro.owned, ro.texts, strict=True)}
@@ -189,9 +189,9 @@ def informative_groups(rewards: np.ndarray, group_size: int) -> np.ndarray:
 
 def sequence_batch(r: Rollout, *, mask_truncated: bool) -> dict[str, np.ndarray]:
     """input_ids / attention_mask [N, P + T] and completion_mask [N, T] of a rollout (see trainer.step)."""
-    g = r.group_size
-    prompt_ids = np.repeat(r.prompt_ids, g, axis=0)
-    prompt_mask = np.repeat(r.prompt_mask, g, axis=0)
+    group_size = r.group_size
+    prompt_ids = np.repeat(r.prompt_ids, group_size, axis=0)
+    prompt_mask = np.repeat(r.prompt_mask, group_size, axis=0)
     loss_mask = r.completion_mask.astype(np.float32)
     if mask_truncated:
         loss_mask = loss_mask * r.finished[:, None]

@@ -99,9 +99,9 @@ def split_micro(x: jax.Array, k: int, block: int = 1) -> jax.Array:
 
 def merge_micro(x: jax.Array, block: int = 1) -> jax.Array:
     """The inverse of ``split_micro``: [K, M / K, ...] -> [M, ...]."""
-    k, per = x.shape[:2]
+    num_micro, per = x.shape[:2]
     blocks = per // block
-    return jnp.moveaxis(x.reshape(k, blocks, block, *x.shape[2:]), 0, 1).reshape(k * per, *x.shape[2:])
+    return jnp.moveaxis(x.reshape(num_micro, blocks, block, *x.shape[2:]), 0, 1).reshape(num_micro * per, *x.shape[2:])
 
 
 def make_logprobs_fn(model: Transformer, mesh: Mesh, temperature: float, micro_batches: int = 1) -> Callable:
