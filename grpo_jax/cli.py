@@ -13,7 +13,8 @@ Overrides are ``section.field=value`` (or a bare field name when unique), e.g. `
 values are errors before anything is built.
 
 Exit status: 0 on success; 2 with one line ``grpo-jax: error: ...`` for a config or input error (a setting, a
-flag or an input file to fix: grpo_jax.errors.ConfigError); any other exception is a bug and shows its
+flag or an input file to fix: grpo_jax.errors.ConfigError); 3 when a run stopped on purpose (e.g. its loss
+turned NaN: grpo_jax.errors.RunFailure), also without a traceback; any other exception is a bug and shows its
 traceback (1).
 """
 
@@ -28,7 +29,7 @@ import sys
 from collections.abc import Sequence
 
 from grpo_jax import storage
-from grpo_jax.errors import ConfigError
+from grpo_jax.errors import ConfigError, RunFailure
 
 
 def _add_dataclass_flags(parser: argparse.ArgumentParser, config_type: type) -> None:
@@ -226,6 +227,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # failing) and keeps its traceback (exit status 1).
         print(f"grpo-jax: error: {e}", file=sys.stderr)
         return 2
+    except RunFailure as e:  # the run stopped on purpose and says why; its outputs up to then are intact
+        print(f"grpo-jax: error: {e}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

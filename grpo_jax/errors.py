@@ -25,3 +25,24 @@ class InputNotFoundError(ConfigError, FileNotFoundError):
 class OutputExistsError(ConfigError, FileExistsError):
     """The output the user named already holds results that would be overwritten (e.g. a run directory with
     checkpoints, without --resume). Also a FileExistsError."""
+
+
+class RunDirectoryLockedError(ConfigError):
+    """Another live run holds the run directory the user named (see grpo_jax.run_lock): choose another
+    --output-dir, or wait for that run to end."""
+
+
+class CheckpointDamagedError(ConfigError):
+    """A checkpoint the user asked for (by default the newest) has missing or corrupt files. The message names
+    the step, the first bad file and the intact earlier steps (``run.resume_fallback=true`` resumes from the
+    newest of those)."""
+
+
+class RunFailure(RuntimeError):
+    """The run stopped on purpose for a reason the user must see (not a bug in grpo_jax): e.g. its loss turned
+    NaN. The command line prints it as one paragraph, without a traceback, and exits with status 3."""
+
+
+class NonFiniteError(RunFailure):
+    """A training step produced a NaN or Inf loss, gradient norm or parameter update (run.on_nonfinite=stop).
+    Nothing of that step was saved: the newest checkpoint is the last finite state."""

@@ -52,6 +52,7 @@ from grpo_jax.trainer.registry import REWARDS, STEP_REWARDS, TASKS  # names are 
 LOSS_TYPES = {"grpo": "seq-mean-token-mean", "dapo": "token-mean", "bnpo": "token-mean",
               "dr_grpo": "seq-mean-token-sum-norm", **{a: a for a in AGGREGATIONS}}
 SCHEDULES = ("constant", "cosine", "linear")
+NONFINITE_ACTIONS = ("stop", "skip")
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -379,6 +380,14 @@ class RunConfig:
       and the metrics are logged every step for free (unless 0).
     output_dir: where checkpoints, metrics.jsonl, TensorBoard logs and plots go (None: runs/<name>-<time>).
     tensorboard / plot / progress: the optional outputs.
+    on_nonfinite: what an optimizer update with a NaN or Inf loss, gradient norm or parameter update does.
+      Such an update is never applied: the state keeps its values from before it. "stop" (default) then ends
+      the run before that step's checkpoint, with exit status 3 and a message naming the step and the
+      quantity; "skip" goes on with the next minibatch, counting the update in ``nonfinite/skipped_updates``.
+    max_nonfinite_skips: with on_nonfinite=skip, the run still stops once this many updates in a row were
+      skipped (a diverged run does not recover by itself).
+    resume_fallback: --resume from the newest *intact* checkpoint when the newest one has missing or corrupt
+      files (the damaged steps are moved to checkpoints/damaged/); false: refuse, naming the damage.
     """
 
     max_steps: int = 100
@@ -397,11 +406,15 @@ class RunConfig:
     tensorboard: bool = True
     plot: bool = True
     progress: bool = True
+    on_nonfinite: str = "stop"
+    max_nonfinite_skips: int = 10
+    resume_fallback: bool = False
 
     def __post_init__(self):
         s = "run"
         _check_types(s, self)
-        _positive(s, self, "max_steps", "eval_batch_size", "save_total_limit")
+        _positive(s, self, "max_steps", "eval_batch_size", "save_total_limit", "max_nonfinite_skips")
+        _choice(s, self, "on_nonfinite", NONFINITE_ACTIONS)
         _positive(s, self, "eval_steps", "eval_num_samples", "save_steps", "num_devices", "logprob_diff_steps",
                   allow_zero=True)
         parse_mesh(self.mesh)
