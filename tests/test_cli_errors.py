@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_runs import TINY, error_line
 
 from grpo_jax.cli import main
 from grpo_jax.data import DataFormatError
@@ -14,17 +15,6 @@ from grpo_jax.models.config import UnsupportedModelError
 from grpo_jax.models.gguf_io import GGUFError
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["model.hidden_size=32", "model.num_hidden_layers=1", "model.intermediate_size=64", "data.batch_size=4",
-        "num_generations=4", "max_completion_length=4", "max_steps=1", "sft.steps=0", "progress=false"]
-
-
-def error_line(capsys) -> str:
-    """The one ``grpo-jax: error:`` line main printed; no traceback."""
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("grpo-jax: error:")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def test_the_error_classes_keep_their_builtin_bases():
