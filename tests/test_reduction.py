@@ -89,7 +89,8 @@ def test_micro_batches_give_the_whole_minibatch_metrics(setup, loss_type, per_to
     for accumulation_steps in (1, K):
         metrics = _update(setup, grpo_objective(grpo), accumulation_steps, grpo.aggregation == "token-mean", batch)
         got = to_floats(metrics)
-        assert set(got) == set(want) | {"grad_norm", "learning_rate"}
+        assert set(got) == set(want) | {"grad_norm", "learning_rate", "nonfinite"}
+        assert got["nonfinite"] == 0  # all finite: the update was applied
         for name, value in want.items():
             np.testing.assert_allclose(got[name], value, rtol=1e-4, atol=1e-6, err_msg=f"{name} K={accumulation_steps}")
         assert metrics["ratio_max"].reduce == "max" and metrics["entropy"].reduce == "tokens"
@@ -114,7 +115,7 @@ def test_a_made_up_metric_flows_through_by_its_reduction(setup):
     metrics = _update(setup, objective, K, True, batch)
     assert {name: m.reduce for name, m in metrics.items()} == {
         "loss": "loss", "my_max": "max", "my_min": "min", "my_rows": "rows", "entropy": "tokens",
-        "grad_norm": "loss", "learning_rate": "loss"}
+        "grad_norm": "loss", "learning_rate": "loss", "nonfinite": "max"}
     got = to_floats(metrics)
     np.testing.assert_allclose(got["my_max"], logp[mask].max(), rtol=1e-5)
     np.testing.assert_allclose(got["my_min"], logp[mask].min(), rtol=1e-5)  # not the empty micro-batch's 0

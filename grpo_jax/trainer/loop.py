@@ -14,8 +14,11 @@ Each GRPO step k (1-based) is a pipeline of named stages (``GRPOTrainer.step``):
   5. update: mu passes over num_minibatches minibatches, one jitted, donated, sharded update each, dispatched
      without waiting for the device (``_update``);
   6. metrics: the host's rollout statistics are computed while the device runs the updates; the device's
-     metrics are fetched once, at the end of the step (``_step_metrics``). The loop then writes them to
-     OUTPUT_DIR/metrics.jsonl + TensorBoard, evaluates every eval_steps and checkpoints every save_steps.
+     metrics are fetched once, at the end of the step (``step``). An update whose loss, gradient
+     norm or parameter update is not finite was not applied (grpo_jax.trainer.nonfinite); the step then stops
+     the run before its checkpoint (run.on_nonfinite=stop), or counts it in ``nonfinite/skipped_updates``.
+     The loop then writes the metrics to OUTPUT_DIR/metrics.jsonl + TensorBoard, evaluates every eval_steps
+     and checkpoints every save_steps.
 
 A checkpoint at step k holds the TrainState after k steps and the prompt stream's position, so a resumed run
 draws the same prompts and random numbers as the uninterrupted one and ends bit-identical on the same mesh.
@@ -38,7 +41,7 @@ from grpo_jax import sampling as sampling_lib
 from grpo_jax import storage
 from grpo_jax.checkpoint import Checkpointer
 from grpo_jax.distributed import to_host
-from grpo_jax.errors import ConfigError, OutputExistsError
+from grpo_jax.errors import ConfigError, NonFiniteError, OutputExistsError
 from grpo_jax.losses import group_advantages, process_advantages
 from grpo_jax.metrics import MetricsWriter, plot_metrics, read_metrics, summarize
 from grpo_jax.models.shared_prompt import layout_prompt_group
@@ -46,6 +49,7 @@ from grpo_jax.trainer import rollout as rollout_lib
 from grpo_jax.trainer.config import TrainConfig, apply_overrides
 from grpo_jax.trainer.context import RunContext, build_context
 from grpo_jax.trainer.evaluation import SOLVED
+from grpo_jax.trainer.nonfinite import NonFiniteGuard
 from grpo_jax.trainer.reduction import mean_over_updates
 from grpo_jax.trainer.sft import run_sft
 from grpo_jax.trainer.state import abstract_train_state, build_optimizer, create_state, state_shardings
@@ -121,6 +125,7 @@ class GRPOTrainer:
         self.stream = ctx.prompt_stream(batch_size=config.data.batch_size, seed=config.data.seed)
         self.start_step = 0
         self.resumed = False
+        self.guard = NonFiniteGuard(config.run.on_nonfinite, config.run.max_nonfinite_skips)
         latest = self.checkpointer.latest_step()
         if latest is not None and not resume:
             raise OutputExistsError(
@@ -340,11 +345,15 @@ class GRPOTrainer:
         host_metrics = self._rollout_metrics(rollout, advantages)  # while the device runs the updates
         device_metrics = to_host({"updates": history, "gap": gap_sums})  # the step's one wait for the device
         update_s = time.perf_counter() - update_start
+        updates = device_metrics["updates"]
+        nonfinite_codes = [int(update.pop("nonfinite").value) for update in updates]
+        applied = [u for u, code in zip(updates, nonfinite_codes, strict=True) if code == 0]
         # the tokens each update pass attends: the prompt once per completion, and the completions
         attended_tokens = int(rollout.prompt_mask.sum()) * self.group_size + int(rollout.completion_mask.sum())
         out = {
             **host_metrics,
-            **mean_over_updates(device_metrics["updates"]),
+            **mean_over_updates(applied or updates),  # the skipped updates' NaNs only when none was applied
+            "nonfinite/skipped_updates": len(updates) - len(applied),
             **(logprob_gap(device_metrics["gap"]) if device_metrics["gap"] else {}),
             "tokens/update_per_s": float(attended_tokens * self.grpo.num_iterations / max(update_s, 1e-9)),
             "time/sample_s": rollout.sample_s, "time/reward_s": rollout.reward_s,
@@ -355,7 +364,17 @@ class GRPOTrainer:
             "batch/prompt_group": min(mb.prompt_group for mb in minibatches), **dynamic_stats,
         }
         out["time/step_s"] = time.perf_counter() - start
+        try:
+            self.guard.check(step, nonfinite_codes, saved=self._newest_checkpoint_note())
+        except NonFiniteError as e:
+            e.metrics = out  # the run writes them before it stops: they show what went non-finite
+            raise
         return out
+
+    def _newest_checkpoint_note(self) -> str:
+        latest = self.checkpointer.latest_step()
+        return (f"; the newest checkpoint, step {latest} in {self.checkpointer.directory}, is the last finite state"
+                if latest is not None else "")
 
     # -- the run ----------------------------------------------------------------------------------------
     def _meta(self, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -381,7 +400,11 @@ class GRPOTrainer:
                 self.metrics.flush()  # as before every checkpoint: a resumed run does not evaluate step 0 again
                 self.checkpointer.save(0, self.state, self._meta(0, first))
             for step in range(self.start_step + 1, run.max_steps + 1):
-                last = self.step(step)
+                try:
+                    last = self.step(step)
+                except NonFiniteError as e:
+                    self.metrics.write(step, e.metrics)
+                    raise
                 if step == run.max_steps or (run.eval_steps and step % run.eval_steps == 0):
                     last.update(self._eval(step))
                 self.metrics.write(step, last)

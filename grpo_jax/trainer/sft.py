@@ -4,7 +4,8 @@ DeepSeekMath starts RL from an instruct model; a model trained from scratch need
 answers in the task's format at all. The batch uses the GRPO layout (left-padded prompt, then the target
 ``answer + EOS`` right-padded to max_completion_length) and the same jitted, sharded update machinery with
 the NLL objective. Metrics go to OUTPUT_DIR/sft/metrics.jsonl; greedy eval accuracy is measured before and
-after. A run killed during the warm-up redoes it on resume (it is short and deterministic).
+after. A run killed during the warm-up redoes it on resume (it is short and deterministic). A non-finite
+update stops the warm-up, or is skipped, as ``run.on_nonfinite`` says (grpo_jax.trainer.nonfinite).
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import jax
 import numpy as np
 
 from grpo_jax import storage
-from grpo_jax.errors import ConfigError
+from grpo_jax.errors import ConfigError, NonFiniteError
 from grpo_jax.metrics import METRICS_FILENAME, MetricsWriter
 from grpo_jax.trainer.config import OptimizerConfig
 from grpo_jax.trainer.context import RunContext
+from grpo_jax.trainer.nonfinite import NonFiniteGuard
 from grpo_jax.trainer.reduction import to_floats
 from grpo_jax.trainer.rollout import encode_prompts
 from grpo_jax.trainer.state import build_optimizer, create_state, state_shardings
@@ -64,6 +66,7 @@ def run_sft(ctx: RunContext, params: Any) -> Any:
     update = make_update_fn(ctx.model, optimizer, schedule, ctx.mesh, state_shardings(state), objective=sft_objective,
                             temperature=1.0, accumulation_steps=1, token_weighted=True, name="sft_update")
     stream = ctx.prompt_stream(batch_size=cfg.batch_size, seed=ctx.config.data.seed + 1)
+    guard = NonFiniteGuard(ctx.config.run.on_nonfinite, ctx.config.run.max_nonfinite_skips, what="SFT step")
     key = jax.random.key(ctx.config.run.seed + 7)
     out_dir = storage.join(ctx.output_dir, "sft")
     earlier = storage.join(out_dir, METRICS_FILENAME)
@@ -78,7 +81,15 @@ def run_sft(ctx: RunContext, params: Any) -> Any:
             # prompt_group 1: examples share a prompt only by chance, and a batch where they did would
             # compile another program
             state, metrics = update(state, sft_batch(ctx, stream.next_batch(), cfg.answer_field), 1)
-            record = {f"sft/{k}": v for k, v in to_floats(metrics).items()}
+            values = to_floats(metrics)
+            code = int(values.pop("nonfinite"))
+            record = {f"sft/{k}": v for k, v in values.items()}
+            record["sft/nonfinite/skipped_updates"] = int(code != 0)
+            try:
+                guard.check(step, [code], saved=" (the warm-up saves nothing before it ends)")
+            except NonFiniteError:
+                writer.write(step, record)
+                raise
             if step == cfg.steps:
                 record.update(ctx.eval_metrics(state.params, key))
             writer.write(step, record)

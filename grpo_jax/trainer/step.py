@@ -38,6 +38,7 @@ from grpo_jax.models.shared_prompt import completion_hidden, shared_prompt_group
 from grpo_jax.models.transformer import Transformer, unembedding_matrix
 from grpo_jax.sharding import logical_sharding
 from grpo_jax.trainer.config import GRPOConfig
+from grpo_jax.trainer.nonfinite import keep_if_finite, nonfinite_code
 from grpo_jax.trainer.reduction import Metric, accumulate, initial
 from grpo_jax.trainer.state import TrainState
 
@@ -180,10 +181,12 @@ def make_update_fn(model: Transformer, optimizer: optax.GradientTransformation, 
     ``metrics`` is {name: Metric} of replicated float32 scalars, the whole minibatch's values: the objective's
     metrics, each combined over the micro-batches as its ``reduce`` says (grpo_jax.trainer.reduction), plus
     "entropy" (mean over loss tokens), "grad_norm" and "learning_rate" (of the update; reduce "loss", so
-    their mean over updates). The state argument is donated. ``prompt_group``: the rows are runs of that many
-    that share a prompt (default: found from a host batch's data, ``prompt_group_of``); each micro-batch takes
-    whole runs (``split_micro(..., block=prompt_group)``) and computes each prompt once. One program is
-    compiled per prompt_group seen.
+    their mean over updates) and "nonfinite" (grpo_jax.trainer.nonfinite's code of the first non-finite one of
+    the loss, gradient norm and parameter update, 0 when all are finite; the update is then not applied: the
+    returned state is the one passed in). The state argument is donated. ``prompt_group``: the rows are runs of
+    that many that share a prompt (default: found from a host batch's data, ``prompt_group_of``); each
+    micro-batch takes whole runs (``split_micro(..., block=prompt_group)``) and computes each prompt once. One
+    program is compiled per prompt_group seen.
     """
     num_micro = accumulation_steps
 
@@ -225,10 +228,14 @@ def make_update_fn(model: Transformer, optimizer: optax.GradientTransformation, 
         (grads, metrics), _ = jax.lax.scan(add_micro_batch, init, (micro, weights))
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics["grad_norm"] = Metric(optax.tree.norm(grads), "loss")
+        grad_norm = optax.tree.norm(grads)
+        metrics["grad_norm"] = Metric(grad_norm, "loss")
         metrics["learning_rate"] = Metric(jnp.asarray(schedule(state.step), jnp.float32), "loss")
+        # an update with a NaN / Inf loss, gradient or parameter update is not applied (grpo_jax.trainer.nonfinite)
+        code = nonfinite_code(metrics["loss"].value, grad_norm, updates)
+        metrics["nonfinite"] = Metric(code.astype(jnp.float32), "max")
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-        return new_state, metrics
+        return keep_if_finite(code, new_state, state), metrics
 
     replicated = NamedSharding(mesh, PartitionSpec())
     programs: dict[int, Callable] = {}
