@@ -56,7 +56,7 @@ def test_overrides_parse_by_field_type():
     ("grpo.rewards=code", "the code reward needs a task with tests"),
     ("data.task=gsm8k_jsonl", "data.path=None is invalid"),
     ("beta", "is not of the form field=value"),
-    ("model.attention_query_block=0", "model.attention_query_block=0 is invalid: expected a number > 0"),
+    ("model.attention_query_block=0", "model.attention_query_block=0 is invalid: expected a finite number > 0"),
     ("grpo.decode_phase_tokens=0", "SamplingConfig: `decode_phase_tokens`"),
     ("grpo.cast_params_once=maybe", "sampling.cast_params_once='maybe'"),
     ("sampling.decode_steps_per_check=0", "SamplingConfig: `decode_steps_per_check`"),
@@ -100,7 +100,7 @@ def test_cli_rejects_bad_config_before_building_anything():
     proc = subprocess.run([sys.executable, "-m", "grpo_jax.cli", "train", "grpo.beta=-1"],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 2
-    assert "grpo-jax: error: grpo.beta=-1.0 is invalid: expected a number >= 0" in proc.stderr
+    assert "grpo-jax: error: grpo.beta=-1.0 is invalid: expected a finite number >= 0" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

@@ -33,7 +33,9 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import math
 import os
+import traceback
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -77,7 +79,8 @@ def _is_optional(tp: Any) -> tuple[bool, Any]:
 
 
 def _check_types(section: str, obj: Any) -> None:
-    """Every int / bool / str field holds that type (a recipe file could pass 2.0 for an int)."""
+    """Every int / bool / str / float field holds that type (a recipe file could pass 2.0 for an int), and every
+    float (also in a tuple of floats) is finite: inf is refused like nan."""
     hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
         value, tp = getattr(obj, f.name), hints[f.name]
@@ -90,16 +93,21 @@ def _check_types(section: str, obj: Any) -> None:
             raise ConfigError(f"{section}.{f.name}={value!r} is invalid: expected true or false")
         if inner is str and not isinstance(value, str):
             raise ConfigError(f"{section}.{f.name}={value!r} is invalid: expected a string")
-        if inner is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise ConfigError(f"{section}.{f.name}={value!r} is invalid: expected a number")
+        if inner is float and (isinstance(value, bool) or not isinstance(value, (int, float))
+                               or not math.isfinite(value)):
+            # inf as well as nan: a learning rate of inf trains to NaN from the first step
+            raise ConfigError(f"{section}.{f.name}={value!r} is invalid: expected a finite number")
+        if typing.get_origin(inner) is tuple and typing.get_args(inner)[0] is float and not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in value):
+            raise ConfigError(f"{section}.{f.name}={value!r} is invalid: expected finite numbers")
 
 
 def _positive(section: str, obj: Any, *fields: str, allow_zero: bool = False) -> None:
     for field in fields:
         value = getattr(obj, field)
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and (
             value >= 0 if allow_zero else value > 0)
-        _require(ok, section, field, value, "a number >= 0" if allow_zero else "a number > 0")
+        _require(ok, section, field, value, "a finite number >= 0" if allow_zero else "a finite number > 0")
 
 
 def _choice(section: str, obj: Any, field: str, choices: Sequence[str]) -> None:
@@ -673,13 +681,26 @@ def apply_overrides(config: TrainConfig, overrides: Sequence[str]) -> TrainConfi
 
 
 def load_config(path: str | os.PathLike) -> TrainConfig:
-    """The TrainConfig of a recipe file: a Python file defining ``get_config() -> TrainConfig``."""
+    """The TrainConfig of a recipe file: a Python file defining ``get_config() -> TrainConfig``.
+
+    A syntax error in the file, or an import of a module that is not installed, is a ConfigError naming the
+    file and line (one line on the command line); an exception raised by the recipe's own code keeps its
+    traceback, which points at the recipe's line."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ConfigError(f"--config {path!r}: no such file")
     spec = importlib.util.spec_from_file_location(f"grpo_jax_recipe_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:  # incl. IndentationError: the file is the user's to fix, the traceback is noise
+        where = f"{e.filename or path}, line {e.lineno}" + (f", column {e.offset}" if e.offset else "")
+        text = f": {e.text.strip()!r}" if e.text and e.text.strip() else ""
+        raise ConfigError(f"--config {path!r} is not valid Python: {e.msg} ({where}){text}") from None
+    except ImportError as e:  # the recipe imports a module that is not installed (or not on the path)
+        lines = [frame.lineno for frame in traceback.extract_tb(e.__traceback__) if frame.filename == path]
+        line = f", line {lines[-1]}" if lines else ""
+        raise ConfigError(f"--config {path!r}{line}: {type(e).__name__}: {e}") from None
     get_config = getattr(module, "get_config", None)
     if not callable(get_config):
         raise ConfigError(f"--config {path!r} defines no get_config() function returning a TrainConfig")
