@@ -5,7 +5,8 @@
   grpo-jax sft    [--config ...] [--output-dir DIR] [field=value ...]
                   only the supervised warm-up; writes a Hugging Face checkpoint to DIR/hf
   grpo-jax eval   RUN_DIR [--step N] [field=value ...]   held-out metrics of a checkpoint (JSON)
-  grpo-jax export RUN_DIR OUT_DIR [--step N] [--dtype bfloat16]   checkpoint -> Hugging Face directory
+  grpo-jax export RUN_DIR OUT_DIR [--step N] [--dtype bfloat16] [--overwrite]
+                  checkpoint -> Hugging Face directory (a non-empty OUT_DIR only with --overwrite)
   grpo-jax demo   GRPO on single-digit addition with a tabular policy (seconds)
 
 Overrides are ``section.field=value`` (or a bare field name when unique), e.g. ``grpo.beta=0``,
@@ -25,11 +26,13 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 
-from grpo_jax import storage
-from grpo_jax.errors import ConfigError, RunFailure
+from grpo_jax import run_lock, storage
+from grpo_jax.errors import ConfigError, OutputExistsError, RunFailure
 
 
 def _add_dataclass_flags(parser: argparse.ArgumentParser, config_type: type) -> None:
@@ -84,8 +87,19 @@ def _train(args: argparse.Namespace) -> int:
         if storage.exists(storage.join(sft_dir, "metrics.jsonl")):
             print("SFT warm-up:\n" + summarize(read_metrics(sft_dir)))
         print("GRPO:\n" + summarize(read_metrics(ctx.output_dir)))
-        print(f"outputs in {ctx.output_dir}: checkpoints/, metrics.jsonl, tensorboard/, curves.png")
+        print(f"outputs in {ctx.output_dir}: {', '.join(_outputs(ctx))}")
     return 0
+
+
+def _outputs(ctx) -> list[str]:
+    """The outputs a finished run wrote, as the closing line names them: only those enabled and on disk."""
+    from grpo_jax.trainer.loop import CHECKPOINT_DIR, CONFIG_FILE
+
+    run = ctx.config.run
+    candidates = [(f"{CHECKPOINT_DIR}/", True), ("metrics.jsonl", True), ("tensorboard/", run.tensorboard),
+                  ("curves.png", run.plot), (CONFIG_FILE, True)]
+    return [name for name, enabled in candidates
+            if enabled and storage.exists(storage.join(ctx.output_dir, name.rstrip("/")))]
 
 
 def _sft(args: argparse.Namespace) -> int:
@@ -96,9 +110,10 @@ def _sft(args: argparse.Namespace) -> int:
     if not config.sft.steps:
         raise ConfigError("sft.steps is 0; set e.g. sft.steps=300")
     ctx, params = build_context(config, args.output_dir)
-    params = run_sft(ctx, params)
     out = storage.join(ctx.output_dir, "hf")
-    _save_hf(ctx, params, out)
+    with run_lock.acquire(ctx.output_dir):  # one live run per directory, as for train
+        params = run_sft(ctx, params)
+        _save_hf(ctx, params, out, overwrite=True)  # hf/ belongs to this run: a new warm-up replaces its own
     print(f"SFT checkpoint written to {out} (train from it with model.path={out})")
     return 0
 
@@ -138,30 +153,79 @@ def _generation_config(ctx) -> dict:
     return config
 
 
-def _save_hf(ctx, params, out: str, **kwargs) -> None:
-    """A Hugging Face checkpoint (safetensors, config, generation config, tokenizer) at ``out``, a local path
-    or a URL (written locally, then copied there)."""
+def _refuse_nonempty(out: str) -> None:
+    """OutputExistsError when ``out`` (a local path or URL) holds files: an export never replaces a user's files
+    unless asked to (``--overwrite``)."""
+    entries = storage.listdir(out)
+    if entries:
+        shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
+        raise OutputExistsError(f"{out} is not empty (it holds {shown}); choose a new directory, or pass "
+                                "--overwrite to replace the files of the same names there")
+
+
+def _write_hf_files(ctx, params, directory: str, **kwargs) -> None:
+    """The Hugging Face checkpoint files (safetensors, config, generation config, tokenizer) into ``directory``."""
     from grpo_jax.models import save_pretrained
+
+    save_pretrained(ctx.model, params, directory, **kwargs)
+    with open(os.path.join(directory, "generation_config.json"), "w", encoding="utf-8") as f:
+        json.dump(_generation_config(ctx), f, indent=2, sort_keys=True)
+    ctx.tokenizer.save_pretrained(directory)
+
+
+def _save_hf(ctx, params, out: str, *, overwrite: bool = False, **kwargs) -> None:
+    """A Hugging Face checkpoint at ``out``, a local path or a URL, that never leaves a half-written or mixed
+    directory. A non-empty ``out`` is refused unless ``overwrite`` (then files of the same names are replaced,
+    weight files the new ones make stale are removed, and other files stay).
+
+    Local: the files are written into a temporary sibling directory, then renamed into place: the whole
+    directory when ``out`` is new or empty, else file by file; a failure before then leaves ``out`` as it was.
+    URL: written locally, then copied there (storage.StagedDir). Modes follow the umask, like every output.
+    """
     from grpo_jax.models.hf_io import stale_weight_files
 
-    stage = storage.StagedDir(out)
-    try:
-        save_pretrained(ctx.model, params, stage.local, **kwargs)
-        with open(os.path.join(stage.local, "generation_config.json"), "w", encoding="utf-8") as f:
-            json.dump(_generation_config(ctx), f, indent=2, sort_keys=True)
-        ctx.tokenizer.save_pretrained(stage.local)
-        if stage.remote:  # an earlier export's weights there would be loaded instead (save_pretrained's note)
+    if not overwrite:
+        _refuse_nonempty(out)
+    if storage.is_url(out):
+        stage = storage.StagedDir(out)
+        try:
+            _write_hf_files(ctx, params, stage.local, **kwargs)
+            # an earlier export's weights there would be loaded instead (save_pretrained's note)
             for name in stale_weight_files(storage.listdir(out), os.listdir(stage.local)):
                 storage.remove(storage.join(out, name))
+        finally:
+            stage.close()
+        return
+    out = os.path.abspath(out)
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    staged = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.export-", dir=parent)  # same file system
+    try:
+        _write_hf_files(ctx, params, staged, **kwargs)
+        os.chmod(staged, storage.default_mode(directory=True))  # mkdtemp's is 0o700
+        if os.path.isdir(out) and not os.listdir(out):
+            os.rmdir(out)
+        if not os.path.exists(out):
+            os.rename(staged, out)
+            return
+        for name in stale_weight_files(os.listdir(out), os.listdir(staged)):
+            os.remove(os.path.join(out, name))
+        for root, _, files in os.walk(staged):
+            target_dir = os.path.join(out, os.path.relpath(root, staged))
+            os.makedirs(target_dir, exist_ok=True)
+            for name in files:
+                os.replace(os.path.join(root, name), os.path.join(target_dir, name))
     finally:
-        stage.close()
+        shutil.rmtree(staged, ignore_errors=True)
 
 
 def _export(args: argparse.Namespace) -> int:
     from grpo_jax.models.config import DTYPES
 
+    if not args.overwrite:  # before the checkpoint is read: a refused export costs nothing
+        _refuse_nonempty(args.out_dir)
     ctx, params, step = _restored(args)
-    _save_hf(ctx, params, args.out_dir, dtype=DTYPES[args.dtype])
+    _save_hf(ctx, params, args.out_dir, overwrite=args.overwrite, dtype=DTYPES[args.dtype])
     print(f"exported step {step} of {args.run_dir} to {args.out_dir}")
     return 0
 
@@ -199,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "export":
             p.add_argument("out_dir", help="the Hugging Face directory to write")
             p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+            p.add_argument("--overwrite", action="store_true",
+                           help="export into a non-empty OUT_DIR, replacing the files of the same names")
         p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
         p.add_argument("overrides", nargs="*", help="field=value overrides, e.g. run.eval_num_samples=8")
         p.set_defaults(handler=handler)

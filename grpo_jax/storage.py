@@ -109,6 +109,15 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def default_mode(*, directory: bool = False) -> int:
+    """The permission bits a plain ``open()`` (0o666) or ``os.makedirs`` (0o777) gives a new file or directory
+    under this process's umask: for files that a library creates with a private mode (``tempfile``'s 0o600 /
+    0o700) but that other users (a model server) must read like the rest of the output."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
 def read_text(path: str | os.PathLike) -> str:
     return read_bytes(path).decode("utf-8")
 

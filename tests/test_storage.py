@@ -10,46 +10,17 @@ checkpointer at a local directory and checks that it was handed the URL.
 import json
 import os
 
-import fsspec
 import pytest
-from fsspec.implementations.local import LocalFileSystem
+from fake_gcs import install_fake_gcs
 from trainer_runs import tiny_config
 
 from grpo_jax import storage
 from grpo_jax.metrics import MetricsWriter, plot_metrics, read_metrics
 
 
-class FakeGCS(LocalFileSystem):
-    """gs://bucket/key -> ROOT/bucket/key; no appends (objects are written whole)."""
-
-    protocol = ("gs", "gcs")
-    root = ""
-
-    def __init__(self, *args, **kwargs):
-        kwargs.pop("finalize_on_close", None)
-        super().__init__(auto_mkdir=True, **kwargs)
-
-    @classmethod
-    def _strip_protocol(cls, path):
-        path = os.fspath(path) if not isinstance(path, str) else path
-        for prefix in ("gs://", "gcs://"):
-            if path.startswith(prefix):
-                return os.path.join(cls.root, path[len(prefix):])
-        return super()._strip_protocol(path)
-
-    def _open(self, path, mode="rb", **kwargs):
-        if "a" in mode:
-            raise NotImplementedError("Cloud Storage objects cannot be appended to")
-        return super()._open(path, mode=mode, **kwargs)
-
-
 @pytest.fixture
 def gcs(tmp_path):
-    FakeGCS.root = str(tmp_path / "gcs")
-    os.makedirs(FakeGCS.root)
-    fsspec.register_implementation("gcs", FakeGCS, clobber=True)
-    fsspec.register_implementation("gs", FakeGCS, clobber=True)
-    return tmp_path / "gcs"
+    return install_fake_gcs(tmp_path / "gcs")
 
 
 def test_files_round_trip_through_a_url(gcs):

@@ -31,6 +31,7 @@ from jax.sharding import Mesh, SingleDeviceSharding
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from grpo_jax import storage
 from grpo_jax.errors import ConfigError, InputNotFoundError
 from grpo_jax.models.attention import DEFAULT_QUERY_BLOCK
 from grpo_jax.models.config import ModelConfig
@@ -339,6 +340,7 @@ def save_pretrained(
     for file_name, shard in zip(file_names, shards, strict=True):
         tmp = os.path.join(path, file_name + ".tmp")
         save_file(shard, tmp, metadata={"format": "pt"})
+        os.chmod(tmp, storage.default_mode())  # safetensors creates its file 0o600; the export is for others too
         pending.append((tmp, os.path.join(path, file_name)))
     if len(shards) > 1:
         index = {

@@ -37,8 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from grpo_jax import run_lock, storage
 from grpo_jax import sampling as sampling_lib
-from grpo_jax import storage
 from grpo_jax.checkpoint import Checkpointer
 from grpo_jax.distributed import to_host
 from grpo_jax.errors import ConfigError, NonFiniteError, OutputExistsError
@@ -109,9 +109,21 @@ class GRPOTrainer:
     ``params`` are the policy's initial parameters (``build_context``'s); the trainer takes them over: they
     become its state's (a fresh run; the update donates them), or are freed before a checkpoint's parameters
     are restored (``resume``), so the caller must not use them afterwards.
+
+    The trainer holds the run directory's lock (grpo_jax.run_lock) from construction until ``run()`` ends:
+    a second trainer of the same directory is refused before it reads or writes anything there.
     """
 
     def __init__(self, ctx: RunContext, params: Any, *, resume: bool = False):
+        # before anything is read from or written to the run directory: one live run per directory
+        self.lock = run_lock.acquire(ctx.output_dir)
+        try:
+            self._setup(ctx, params, resume)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _setup(self, ctx: RunContext, params: Any, resume: bool) -> None:
         self.ctx = ctx
         config = ctx.config
         self.grpo = config.grpo
@@ -413,8 +425,11 @@ class GRPOTrainer:
                     self.checkpointer.save(step, self.state, self._meta(step, last))
             self.checkpointer.wait_until_finished()
         finally:
-            self.metrics.close()
-            self.checkpointer.close()
+            try:
+                self.metrics.close()
+                self.checkpointer.close()
+            finally:
+                self.lock.release()
         if self.is_writer and run.plot:
             plot_metrics(self.ctx.output_dir)
         return last
