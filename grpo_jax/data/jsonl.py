@@ -29,31 +29,51 @@ class DataFormatError(ConfigError):
     """A record in a data file is not in the expected format; the message names file and line."""
 
 
-def _open_text(path: str):
-    # utf-8-sig: a byte-order mark, as some editors and Windows tools write, is skipped, not a JSON error
-    if str(path).endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8-sig")
-    return open(path, encoding="utf-8-sig")
+def text_lines(path: str) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, line)`` of a UTF-8 text file (``.gz`` decompressed; a leading byte-order mark, as
+    some editors and Windows tools write, skipped). Bytes that are not UTF-8 raise DataFormatError naming the
+    file, the line and the byte offset in the file (of the decompressed stream for ``.gz``), so the user can
+    find them (``head -c OFFSET``)."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    offset = 0
+    with opener(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            start = 3 if lineno == 1 and raw.startswith(b"\xef\xbb\xbf") else 0
+            try:
+                line = raw[start:].decode("utf-8")
+            except UnicodeDecodeError as e:
+                bad = raw[start + e.start:start + e.end]
+                raise DataFormatError(
+                    f"{path}, line {lineno}: not UTF-8 text (byte {bad[:4].hex(' ')} at byte offset "
+                    f"{offset + start + e.start} of the file); save the file as UTF-8") from None
+            offset += len(raw)
+            yield lineno, line
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield ``(line_number, record)`` for each non-blank line (1-based line numbers; ``.gz`` accepted)."""
+    """Yield ``(line_number, record)`` for each non-blank line (1-based line numbers; ``.gz`` accepted).
+    DataFormatError naming the file (and line) when it is not UTF-8, a line is not a JSON object, or it holds
+    no record at all."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise InputNotFoundError(f"read_jsonl: no such file: {path}")
     if os.path.isdir(path):
         raise ConfigError(f"read_jsonl: {path} is a directory; expected a .jsonl, .jsonl.gz or .json file")
-    with _open_text(path) as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataFormatError(f"{path}, line {lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(record, dict):
-                raise DataFormatError(f"{path}, line {lineno}: expected a JSON object, got {type(record).__name__}")
-            yield lineno, record
+    records = 0
+    for lineno, line in text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataFormatError(f"{path}, line {lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(record, dict):
+            raise DataFormatError(f"{path}, line {lineno}: expected a JSON object, got {type(record).__name__}")
+        records += 1
+        yield lineno, record
+    if not records:
+        raise DataFormatError(f"{path}: no records: the file is empty or holds only blank lines; expected one "
+                              "JSON object per line")
 
 
 def read_records(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -67,7 +87,10 @@ def read_records(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, Any]]
             raise InputNotFoundError(f"read_records: no such file: {path}")
         import pyarrow.parquet as pq
 
-        for row, record in enumerate(pq.read_table(path).to_pylist()):
+        rows = pq.read_table(path).to_pylist()
+        if not rows:
+            raise DataFormatError(f"{path}: no records: the Parquet file has no rows")
+        for row, record in enumerate(rows):
             yield f"{path}, row {row}", record
     else:
         for lineno, record in read_jsonl(path):

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 import jax
 from jax.sharding import Mesh
 
-from grpo_jax.data import Example, PromptStream
+from grpo_jax.data import DataFormatError, Example, PromptStream, prompt_text
+from grpo_jax.data.jsonl import read_records
 from grpo_jax.errors import ConfigError
 from grpo_jax.models.transformer import Transformer
 from grpo_jax.rewards import RewardSpec
@@ -27,7 +28,7 @@ from grpo_jax.sampling import SamplingConfig, bucket_size
 from grpo_jax.sharding import make_hybrid_mesh, make_mesh
 from grpo_jax.trainer import rollout as rollout_lib
 from grpo_jax.trainer.build import build_policy
-from grpo_jax.trainer.config import TrainConfig
+from grpo_jax.trainer.config import DataConfig, TrainConfig
 from grpo_jax.trainer.evaluation import evaluate
 from grpo_jax.trainer.tasks import check_reward_fields, load_examples, reward_specs, train_eval_split
 
@@ -93,6 +94,34 @@ def _prompt_length(tokenizer: Any, render: Callable[[Example], str], add_special
     return len(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
 
 
+def _location(data: DataConfig, index: int, num_examples: int) -> str:
+    """Where example ``index`` of the task's ``num_examples`` came from: "FILE, line N" when the task read one
+    record per example from the file at data.path (read again, only for this message), else its index."""
+    if data.path and os.path.isfile(data.path):
+        try:
+            locations = [where for where, _ in read_records(data.path)]
+        except ConfigError:
+            locations = []
+        if len(locations) == num_examples:
+            return locations[index]
+        return f"{data.path}, example {index}"
+    return f"data.task={data.task!r}, example {index}"
+
+
+def check_prompt_lengths(data: DataConfig, examples: Sequence[Example], length: Callable[[Any], int]) -> None:
+    """data.overlong="error": DataFormatError naming the first example whose prompt is longer than
+    data.max_prompt_length tokens (``length(prompt)``: as the model sees it), its file and line, and the limit.
+    Checked for all examples when the data is loaded, so that a short run does not pass with one in the file."""
+    limit = data.max_prompt_length
+    for index, example in enumerate(examples):
+        tokens = length(example["prompt"])
+        if tokens > limit:
+            raise DataFormatError(
+                f"{_location(data, index, len(examples))}: the prompt is {tokens} tokens, longer than "
+                f"data.max_prompt_length={limit} (data.overlong=error): {prompt_text(example['prompt'])[:60]!r}...; "
+                "raise data.max_prompt_length, or set data.overlong=drop or truncate")
+
+
 def default_output_dir(config: TrainConfig) -> str:
     """runs/<name>-<local time>: a fresh directory per run started without --output-dir."""
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -141,14 +170,18 @@ def build_context(config: TrainConfig, output_dir: str | None = None) -> tuple[R
     sampling = run_sampling_config(config.sampling, data.max_prompt_length, eos_token_ids,
                                    int(tokenizer.pad_token_id))
     examples = load_examples(data)
+    if not len(examples):
+        raise DataFormatError(f"data.task={data.task!r} has no examples" + (f" in {data.path}" if data.path else ""))
     check_reward_fields(config.grpo, data, examples[0])
-    train_examples, eval_examples = train_eval_split(data, examples)
 
     def render(example: Example) -> str:
         return rollout_lib.prompt_text_of(tokenizer, example, chat_template=data.chat_template,
                                           system_prompt=data.system_prompt, suffix=data.prompt_suffix)
 
     add_special_tokens = not data.chat_template
+    if data.overlong == "error":  # every prompt, now: not only those a run happens to sample
+        check_prompt_lengths(data, examples, lambda p: _prompt_length(tokenizer, render, add_special_tokens, p))
+    train_examples, eval_examples = train_eval_split(data, examples)
     # eval prompts obey the same length limit as training prompts (long ones are left out of the eval)
     kept = [e for e in eval_examples
             if _prompt_length(tokenizer, render, add_special_tokens, e["prompt"]) <= data.max_prompt_length]
