@@ -13,7 +13,11 @@ Layout on disk (``directory`` may be local or ``gs://...``; it is handed to orba
         state/                         the array pytree: OCDBT/TensorStore files, each array written
                                        by the hosts that hold its shards (no gather to one host)
         meta/metadata                  the meta dict, as JSON
+        grpo_jax_files.json            every file of the step with its size, written once the save is
+                                       finished (``verify``); orbax reads only its own files, so it ignores it
       <step>.orbax-checkpoint-tmp/     a save in flight, or the leftover of a crashed one (local paths)
+      damaged/<step>/                  a damaged step set aside by ``resume_step(fallback=True)``: moved, never
+                                       deleted (orbax lists only directories named by a step number)
 
 Crash semantics. A save writes everything under ``<step>.orbax-checkpoint-tmp`` and publishes it by one
 atomic rename to ``<step>`` once every array and the meta are written (on GCS, which has no atomic
@@ -24,6 +28,13 @@ A ``Checkpointer``'s first ``save`` deletes such leftovers, and saving the same 
 Opening one and restoring deletes nothing, so a reader (e.g. an evaluation job) may open a directory
 that a training run is writing; a directory must have only ONE writer (orbax's CheckpointManager is
 not multi-job-safe).
+
+Damage. Files of a finished step can still go missing or be cut short (a full disk during a copy, a manual
+``rm``, a bucket lifecycle rule). ``verify(step)`` compares the step with its file listing (without one: checks
+the files orbax cannot do without) and names the first missing or corrupt file; ``resume_step`` picks the step
+a resume loads and refuses a damaged newest one in one paragraph naming the intact earlier step, or, asked to
+fall back, sets the damaged steps aside and returns that one. A read that fails anyway (a file corrupt at the
+same size) is a ``CheckpointDamagedError`` naming the step, not orbax's traceback.
 
 Async saves (``async_save=True``, the default). ``save`` returns once every array has been copied from
 device to host memory; the writes to storage then run in a background thread. Right after ``save``
@@ -36,8 +47,15 @@ background write errors are raised there. ``restore`` waits for a save in flight
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
+import logging
 import os
+import re
+import sys
+import tempfile
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,10 +63,43 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from grpo_jax.errors import InputNotFoundError
+from grpo_jax import storage
+from grpo_jax.errors import CheckpointDamagedError, InputNotFoundError
+
+logger = logging.getLogger(__name__)
 
 STATE_ITEM = "state"
 META_ITEM = "meta"
+LISTING_FILE = "grpo_jax_files.json"
+DAMAGED_DIR = "damaged"
+# what orbax cannot restore without, checked when a step has no listing (written before it existed, or a crash
+# between the publication and the listing)
+REQUIRED_FILES = ("_CHECKPOINT_METADATA", "meta/metadata", "state/_METADATA", "state/manifest.ocdbt")
+
+
+def _files_with_sizes(directory: str) -> dict[str, int]:
+    """{path relative to ``directory`` (with /): size in bytes} of every file under it (local path or URL)."""
+    if storage.is_url(directory):
+        from etils import epath
+
+        root = epath.Path(directory)
+        return {str(p.relative_to(root)): p.stat().length for p in root.rglob("*") if p.is_file()}
+    out = {}
+    for parent, _, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(parent, name)
+            out[os.path.relpath(path, directory).replace(os.sep, "/")] = os.path.getsize(path)
+    return out
+
+
+def _size(path: str) -> int | None:
+    """The size of the file ``path`` in bytes, or None when it does not exist."""
+    if storage.is_url(path):
+        from etils import epath
+
+        p = epath.Path(path)
+        return p.stat().length if p.exists() else None
+    return os.path.getsize(path) if os.path.isfile(path) else None
 
 
 def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
@@ -151,6 +202,35 @@ def _abstract_leaf(name: str, leaf: Any) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
 
 
+@contextlib.contextmanager
+def _stderr_dropped_on_failure(settle_s: float = 0.5):
+    """Hold what is written to file descriptor 2 while the block runs; print it if the block succeeds, drop it if
+    it raises. When TensorStore fails to read a damaged checkpoint, orbax's asyncio loop closes while other
+    reads are in flight, and each of their callbacks prints an "Event loop is closed" traceback from another
+    thread (hundreds of lines that bury the one-paragraph error we raise; that error keeps the first cause).
+    ``settle_s``: how long those stragglers get to finish before stderr is restored."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        failed = False
+        try:
+            yield
+        except BaseException:
+            failed = True
+            time.sleep(settle_s)
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if not failed:
+                held.seek(0)
+                text = held.read()
+                if text:
+                    os.write(2, text)
+
+
 class Checkpointer:
     """Saves and restores ``(state, meta)`` per training step in ``directory``; keeps the newest N.
 
@@ -178,6 +258,7 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(self.directory, options=options, handler_registry=_handler_registry())
         self._closed = False
         self._cleaned_up = False
+        self._unlisted: list[int] = []  # steps saved by this process whose file listing is not written yet
 
     # ---- queries ------------------------------------------------------------------------------------
 
@@ -219,6 +300,8 @@ class Checkpointer:
         if not self._cleaned_up:
             self._delete_unfinished_saves()
             self._cleaned_up = True
+        self._write_listings()  # of the previous save, which orbax waits for before this one starts anyway
+        self._unlisted.append(step)
         self._manager.save(
             step,
             args=ocp.args.Composite(
@@ -226,6 +309,116 @@ class Checkpointer:
             ),
             force=True,  # we decide when to save; orbax's save-interval policy must not skip silently
         )
+
+    def _write_listings(self) -> None:
+        """Wait for a save in flight, then write ``LISTING_FILE`` into each step this process saved since the
+        last call (on the primary process; a step retention already deleted is skipped)."""
+        self._manager.wait_until_finished()
+        steps, self._unlisted = self._unlisted, []
+        if jax.process_index() != 0:
+            return
+        for step in steps:
+            step_dir = self._step_dir(step)
+            if storage.isdir(step_dir):
+                files = _files_with_sizes(step_dir)
+                files.pop(LISTING_FILE, None)
+                storage.write_text(storage.join(step_dir, LISTING_FILE), json.dumps(files, indent=0, sort_keys=True))
+
+    def _step_dir(self, step: int) -> str:
+        return storage.join(self.directory, str(step))
+
+    # ---- damage ---------------------------------------------------------------------------------------
+
+    def verify(self, step: int) -> str | None:
+        """None when checkpoint ``step`` looks intact, else what is wrong with its first bad file, e.g.
+        "state/d/1f3a... is missing": against its listing (missing, or another size), or without one, the files
+        orbax needs (missing or empty); and ``meta/metadata`` must be JSON. Reads no array data."""
+        step_dir = self._step_dir(_check_step("verify", step))
+        listing_path = storage.join(step_dir, LISTING_FILE)
+        expected: dict[str, int | None] = dict.fromkeys(REQUIRED_FILES)
+        if storage.exists(listing_path):
+            try:
+                expected = json.loads(storage.read_text(listing_path))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                return f"{LISTING_FILE} is not JSON"
+        for name, size in sorted(expected.items()):
+            actual = _size(storage.join(step_dir, name))
+            if actual is None:
+                return f"{name} is missing"
+            if size is None and actual == 0:
+                return f"{name} is empty"
+            if size is not None and actual != size:
+                return f"{name} has {actual} bytes instead of {size}"
+        try:
+            json.loads(storage.read_text(storage.join(step_dir, "meta", "metadata")))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return "meta/metadata is not JSON"
+        return None
+
+    def _damage_message(self, step: int, problem: str) -> str:
+        """One paragraph: the damaged step, what is wrong, and which earlier step is intact."""
+        intact = next((s for s in reversed(self.all_steps()) if s < step and self.verify(s) is None), None)
+        where = f"checkpoint step {step} in {self.directory} is damaged: {problem}."
+        if intact is None:
+            return f"{where} No earlier intact checkpoint is left; start the run again in a new --output-dir."
+        return (f"{where} The newest intact checkpoint is step {intact}: resume from it with "
+                f"run.resume_fallback=true (the damaged steps are moved to {DAMAGED_DIR}/, nothing is deleted), "
+                f"or pass --step {intact} to eval / export.")
+
+    def resume_step(self, *, fallback: bool) -> int | None:
+        """The step a resume loads: the newest, if ``verify`` finds it intact (None when there is none).
+        A damaged newest step raises CheckpointDamagedError naming the damage and the newest intact step; with
+        ``fallback`` the damaged newer steps are moved to ``<directory>/damaged/`` (so that the run can save
+        those step numbers again) and the intact step is returned."""
+        self._require_open("resume_step")
+        self._manager.wait_until_finished()
+        steps = self.all_steps()
+        if not steps:
+            return None
+        damaged: list[tuple[int, str]] = []
+        for step in reversed(steps):
+            problem = self.verify(step)
+            if problem is None:
+                break
+            damaged.append((step, problem))
+        else:
+            step = None
+        if not damaged:
+            return step
+        newest, problem = damaged[0]
+        message = self._damage_message(newest, problem)
+        if not fallback or step is None:
+            raise CheckpointDamagedError(message)
+        for bad, _ in damaged:
+            self.set_aside(bad)
+        logger.warning("%s Falling back to step %d (run.resume_fallback=true).", message, step)
+        return step
+
+    def set_aside(self, step: int) -> None:
+        """Move step ``step``'s directory to damaged/<step> (damaged/<step>-<n> when taken), so that the step
+        number can be saved again and nothing is deleted. Local paths only: an object store has no rename."""
+        if storage.is_url(self.directory):
+            raise CheckpointDamagedError(f"checkpoint step {step} in {self.directory} is damaged; delete or move "
+                                         f"{self._step_dir(step)} yourself (object stores cannot rename), then resume")
+        target = os.path.join(self.directory, DAMAGED_DIR, str(step))
+        n = 1
+        while os.path.exists(target):
+            target = os.path.join(self.directory, DAMAGED_DIR, f"{step}-{n}")
+            n += 1
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.rename(self._step_dir(step), target)
+        self._manager.reload()  # orbax keeps the step list it read
+
+    def _unreadable(self, step: int, error: BaseException) -> CheckpointDamagedError:
+        """orbax / TensorStore failed to read step ``step``: the first file of the step its message names, the
+        message's first line, and the intact earlier step."""
+        text = str(error)
+        step_dir = self._step_dir(step)
+        paths = re.findall(re.escape(step_dir) + r"/[^\s\"',)]+", text)
+        first = text.strip().splitlines()[0][:200] if text.strip() else type(error).__name__
+        file = max(paths, key=len)[len(step_dir) + 1:] if paths else ""  # the deepest path: a file, not its dir
+        problem = f"{file + ': ' if file else ''}{first}"
+        return CheckpointDamagedError(self._damage_message(step, f"it could not be read ({problem})"))
 
     def _delete_unfinished_saves(self) -> None:
         """Remove what saves killed mid-write left behind (on the primary process; the others wait at
@@ -262,19 +455,31 @@ class Checkpointer:
         abstract = jax.tree_util.tree_unflatten(
             named[1], [_abstract_leaf(_path_name(path), leaf) for path, leaf in named[0]]
         )
-        missing, extra = self._check_against_saved(step, abstract)
+        saved_metadata = self._read(step, lambda: self._manager.item_metadata(step)[STATE_ITEM])
+        missing, extra = self._check_against_saved(step, saved_metadata, abstract)
+        args = ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(abstract), META_ITEM: ocp.args.JsonRestore()})
         try:
-            restored = self._manager.restore(
-                step,
-                args=ocp.args.Composite(
-                    **{STATE_ITEM: ocp.args.StandardRestore(abstract), META_ITEM: ocp.args.JsonRestore()}
-                ),
-            )
-        except Exception as e:
-            if missing or extra:
+            restored = self._read(step, lambda: self._manager.restore(step, args=args))
+        except CheckpointDamagedError as e:
+            if missing or extra:  # not damage: the caller asked for another structure
                 raise ValueError(self._structure_message(step, missing, extra)) from e
             raise
         return restored[STATE_ITEM], restored[META_ITEM]
+
+    def _read(self, step: int, read: Any) -> Any:
+        """``read()`` (an orbax read of checkpoint ``step``); a failure is a CheckpointDamagedError naming the step
+        and the first line of orbax's error, and the noise of orbax's aborted reads is kept off stderr
+        (``_stderr_dropped_on_failure``). The original exception is not chained: its frames hold the aborted
+        reads' asyncio tasks, which log "Task exception was never retrieved" when collected; they are
+        collected here, while stderr is still held."""
+        with _stderr_dropped_on_failure():
+            error = None
+            try:
+                return read()
+            except Exception as e:  # noqa: BLE001 - whatever orbax/TensorStore raise, the checkpoint is unreadable
+                error = self._unreadable(step, e)
+            gc.collect()
+            raise error
 
     def restore_meta(self, step: int) -> dict:
         """Only the ``meta`` saved with checkpoint ``step`` (no arrays are read): to check a run's settings
@@ -284,11 +489,12 @@ class Checkpointer:
         step = _check_step("restore_meta", step)
         if step not in self.all_steps():
             raise InputNotFoundError(f"Checkpointer.restore_meta: no checkpoint for step {step} in {self.directory}")
-        return self._manager.restore(step, args=ocp.args.Composite(**{META_ITEM: ocp.args.JsonRestore()}))[META_ITEM]
+        meta_only = ocp.args.Composite(**{META_ITEM: ocp.args.JsonRestore()})
+        return self._read(step, lambda: self._manager.restore(step, args=meta_only)[META_ITEM])
 
-    def _check_against_saved(self, step: int, abstract: Any) -> tuple[list[str], list[str]]:
-        """Raise on the first shape/dtype mismatch; return key paths only in abstract / only on disk."""
-        metadata = self._manager.item_metadata(step)[STATE_ITEM]
+    def _check_against_saved(self, step: int, metadata: Any, abstract: Any) -> tuple[list[str], list[str]]:
+        """Raise on the first shape/dtype mismatch between the saved state's ``metadata`` (orbax's) and
+        ``abstract``; return key paths only in abstract / only on disk."""
         if metadata is None:  # unreadable metadata: leave all checks to orbax's restore
             return [], []
         saved = _leaves_by_name(metadata.tree)
@@ -323,14 +529,17 @@ class Checkpointer:
     # ---- lifecycle ------------------------------------------------------------------------------------
 
     def wait_until_finished(self) -> None:
-        """Block until a save in flight is on disk; raise its error if it failed."""
-        self._manager.wait_until_finished()
+        """Block until a save in flight is on disk (and listed); raise its error if it failed."""
+        self._write_listings()
 
     def close(self) -> None:
         """Wait for a save in flight, then release orbax's threads. Idempotent."""
         if not self._closed:
             self._closed = True
-            self._manager.close()
+            try:
+                self._write_listings()
+            finally:
+                self._manager.close()
 
     def _require_open(self, fn: str) -> None:
         if self._closed:

@@ -15,6 +15,7 @@ from fake_gcs import install_fake_gcs
 from trainer_runs import tiny_config
 
 from grpo_jax import storage
+from grpo_jax.errors import OutputExistsError
 from grpo_jax.metrics import MetricsWriter, plot_metrics, read_metrics
 
 
@@ -87,7 +88,9 @@ def test_exporting_again_to_a_url_leaves_no_earlier_weights(gcs, tmp_path):
     for first, second in (({"max_shard_bytes": 20_000}, {}), ({}, {"max_shard_bytes": 20_000})):
         url = f"gs://bucket/export{len(first)}"
         _save_hf(ctx, params, url, **first)
-        _save_hf(ctx, trained, url, **second)
+        with pytest.raises(OutputExistsError, match="not empty"):
+            _save_hf(ctx, trained, url, **second)  # a URL is refused like a local path unless asked
+        _save_hf(ctx, trained, url, overwrite=True, **second)
         files = storage.listdir(url)
         sharded = [f for f in files if f.startswith("model-")]
         assert ("model.safetensors" in files) == (not sharded)

@@ -41,7 +41,7 @@ from grpo_jax import run_lock, storage
 from grpo_jax import sampling as sampling_lib
 from grpo_jax.checkpoint import Checkpointer
 from grpo_jax.distributed import to_host
-from grpo_jax.errors import ConfigError, NonFiniteError, OutputExistsError
+from grpo_jax.errors import CheckpointDamagedError, ConfigError, NonFiniteError, OutputExistsError
 from grpo_jax.losses import group_advantages, process_advantages
 from grpo_jax.metrics import MetricsWriter, plot_metrics, read_metrics, summarize
 from grpo_jax.models.shared_prompt import layout_prompt_group
@@ -145,7 +145,8 @@ class GRPOTrainer:
                 "that run or choose another --output-dir"
             )
         if resume and latest is not None:
-            self.state = self._restore(params, latest)
+            # the newest intact step: a damaged newest one is refused, or set aside with run.resume_fallback
+            self.state = self._restore(params, self.checkpointer.resume_step(fallback=config.run.resume_fallback))
         else:
             if config.sft.steps:
                 params = run_sft(ctx, params)
@@ -174,7 +175,18 @@ class GRPOTrainer:
         self._check_resumable(self.checkpointer.restore_meta(step))
         target = abstract_train_state(params, self.optimizer, self.ctx.mesh, with_reference=self.grpo.beta > 0)
         _free(params)  # before the restored parameters arrive
-        state, meta = self.checkpointer.restore(target, step=step)
+        while True:
+            try:
+                state, meta = self.checkpointer.restore(target, step=step)
+                break
+            except CheckpointDamagedError as e:  # unreadable although its files are all there (corrupt in place)
+                if not config.run.resume_fallback:
+                    raise
+                logger.warning("%s Falling back (run.resume_fallback=true).", e)
+                self.checkpointer.set_aside(step)
+                step = self.checkpointer.resume_step(fallback=True)
+                if step is None:
+                    raise
         self.resumed = True
         self.stream.restore(meta["data"])
         self.start_step = int(meta["step"])
@@ -474,5 +486,7 @@ def restore_params(ctx: RunContext, params: Any, step: int | None = None) -> tup
     target = abstract_train_state(params, optimizer, ctx.mesh, with_reference=ctx.config.grpo.beta > 0)
     _free(params)
     with Checkpointer(storage.join(ctx.output_dir, CHECKPOINT_DIR), async_save=False, max_to_keep=None) as ckpt:
+        if step is None:  # the newest; if it is damaged, the error names the intact step to pass instead
+            step = ckpt.resume_step(fallback=False)
         state, meta = ckpt.restore(target, step=step)
     return state.params, int(meta["step"])
