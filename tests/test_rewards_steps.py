@@ -53,3 +53,24 @@ def test_steps_land_on_their_last_token():
     np.testing.assert_allclose(adv[0, 9:20], -2 * z, atol=1e-5)
     np.testing.assert_allclose(adv[1, :2], z, atol=1e-5)
     assert adv[0, len(ids):].tolist() == [0.0, 0.0]
+
+
+def test_a_step_reward_that_is_not_a_finite_number_is_zero_and_warned(caplog):
+    """A user's step reward returning NaN, Inf, a value beyond float32 or a non-number: that step gets 0 (as a
+    failed outcome reward gets its default) with a warning naming it, and the advantages stay finite."""
+    tok = build_char_tokenizer(ARITHMETIC_ALPHABET + "\n")
+    ids = tok("1 = 1\n2 = 2\n3 = 3")["input_ids"] + [tok.eos_token_id]
+    t = len(ids)
+    tokens = np.array([ids, ids], np.int32)
+    mask = np.ones((2, t), np.int32)
+    r = Rollout([{"prompt": "p"}], np.zeros((1, 2), np.int32), np.ones((1, 2), np.int32), tokens, mask,
+                np.zeros((2, t), np.float32), np.ones(2, bool), ["", ""], np.array([1.0, 0.0], np.float32), {}, [])
+    steps = [[(5, float("nan")), (11, float("inf")), (17, 1e39)], [(5, "good"), (11, None), (17, 0.5)]]
+    with caplog.at_level("WARNING", logger="grpo_jax.trainer.rollout"):
+        rewards, ends = step_arrays(tok, r, steps)
+    np.testing.assert_array_equal(rewards, [[0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.5, 0.0]])
+    np.testing.assert_array_equal(ends, [[4, 10, 16, t - 1]] * 2)
+    warned = [rec.getMessage() for rec in caplog.records]
+    assert len(warned) == 5 and "step reward nan of step 0 of completion 0 is not a finite number" in warned[0]
+    assert "step reward 'good' of step 0 of completion 1" in warned[3]
+    assert np.isfinite(np.asarray(process_advantages(rewards, ends, mask, 2))).all()

@@ -13,6 +13,8 @@ rewards are then summed over the hosts into the global arrays every process cont
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +27,9 @@ from grpo_jax.distributed import max_over_hosts, owned_rows, scatter_rows, sum_o
 from grpo_jax.models.tokenizer import render_prompt
 from grpo_jax.rewards import RewardFailure, RewardSpec, overlong_penalty, score
 from grpo_jax.sampling import SampleResult, SamplingConfig, bucket_size, generate
+
+logger = logging.getLogger(__name__)
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclasses.dataclass
@@ -215,6 +220,20 @@ def token_end(tokenizer: Any, tokens: Sequence[int], char_end: int) -> int:
     return lo
 
 
+def _step_reward(value: Any, completion: int, step: int) -> float:
+    """A step reward as a float; one that is not a finite real number (NaN, Inf, beyond float32, a string) is
+    that step's failure: 0 and a warning, like a failed outcome reward, so it never reaches the advantages."""
+    try:
+        reward = float(value)
+    except (TypeError, ValueError):
+        reward = math.nan
+    if not abs(reward) <= _FLOAT32_MAX:
+        logger.warning("step reward %r of step %d of completion %d is not a finite number; using 0",
+                       value, step, completion)
+        return 0.0
+    return reward
+
+
 def step_arrays(tokenizer: Any, r: Rollout,
                 steps: Sequence[Sequence[tuple[int, float]]]) -> tuple[np.ndarray, np.ndarray]:
     """Step rewards [N, S] and their last-token indices [N, S] (-1 = padding) for process_advantages, for all
@@ -231,7 +250,8 @@ def step_arrays(tokenizer: Any, r: Rollout,
             per_row.append([])
             continue
         tokens = r.tokens[row, :length].tolist()
-        ends = [(token_end(tokenizer, tokens, end), float(reward)) for end, reward in steps[i]]
+        ends = [(token_end(tokenizer, tokens, end), _step_reward(reward, i, j))
+                for j, (end, reward) in enumerate(steps[i])]
         ends.append((length - 1, float(r.rewards[row])))
         per_row.append(ends)
     s = max_over_hosts(max([1] + [len(row) for row in per_row]))
