@@ -77,31 +77,6 @@ DAMAGED_DIR = "damaged"
 REQUIRED_FILES = ("_CHECKPOINT_METADATA", "meta/metadata", "state/_METADATA", "state/manifest.ocdbt")
 
 
-def _files_with_sizes(directory: str) -> dict[str, int]:
-    """{path relative to ``directory`` (with /): size in bytes} of every file under it (local path or URL)."""
-    if storage.is_url(directory):
-        from etils import epath
-
-        root = epath.Path(directory)
-        return {str(p.relative_to(root)): p.stat().length for p in root.rglob("*") if p.is_file()}
-    out = {}
-    for parent, _, files in os.walk(directory):
-        for name in files:
-            path = os.path.join(parent, name)
-            out[os.path.relpath(path, directory).replace(os.sep, "/")] = os.path.getsize(path)
-    return out
-
-
-def _size(path: str) -> int | None:
-    """The size of the file ``path`` in bytes, or None when it does not exist."""
-    if storage.is_url(path):
-        from etils import epath
-
-        p = epath.Path(path)
-        return p.stat().length if p.exists() else None
-    return os.path.getsize(path) if os.path.isfile(path) else None
-
-
 def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
     """Tells orbax how to save/restore our two items, so a fresh manager can also read their metadata."""
     registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
@@ -320,7 +295,7 @@ class Checkpointer:
         for step in steps:
             step_dir = self._step_dir(step)
             if storage.isdir(step_dir):
-                files = _files_with_sizes(step_dir)
+                files = storage.file_sizes(step_dir)
                 files.pop(LISTING_FILE, None)
                 storage.write_text(storage.join(step_dir, LISTING_FILE), json.dumps(files, indent=0, sort_keys=True))
 
@@ -342,7 +317,7 @@ class Checkpointer:
             except (json.JSONDecodeError, UnicodeDecodeError):
                 return f"{LISTING_FILE} is not JSON"
         for name, size in sorted(expected.items()):
-            actual = _size(storage.join(step_dir, name))
+            actual = storage.size(storage.join(step_dir, name))
             if actual is None:
                 return f"{name} is missing"
             if size is None and actual == 0:

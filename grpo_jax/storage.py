@@ -69,6 +69,34 @@ def listdir(path: str | os.PathLike) -> list[str]:
     return sorted(os.listdir(path)) if os.path.isdir(path) else []
 
 
+def size(path: str | os.PathLike) -> int | None:
+    """The size of the file ``path`` in bytes, or None when there is no such file."""
+    path = os.fspath(path)
+    if is_url(path):
+        file = _epath(path)
+        return file.stat().length if file.exists() and not file.is_dir() else None
+    return os.path.getsize(path) if os.path.isfile(path) else None
+
+
+def file_sizes(directory: str | os.PathLike) -> dict[str, int]:
+    """{path relative to ``directory``, with /: size in bytes} of every file under it (empty when it is missing)."""
+    directory = os.fspath(directory)
+    out = {}
+    if is_url(directory):  # directory by directory: epath refuses rglob's "**" on object stores
+        for name in listdir(directory):
+            path = join(directory, name)
+            if isdir(path):
+                out.update({f"{name}/{inner}": length for inner, length in file_sizes(path).items()})
+            else:
+                out[name] = _epath(path).stat().length
+        return out
+    for parent, _, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(parent, name)
+            out[os.path.relpath(path, directory).replace(os.sep, "/")] = os.path.getsize(path)
+    return out
+
+
 def remove(path: str | os.PathLike) -> None:
     """Delete the file ``path``."""
     path = os.fspath(path)

@@ -24,6 +24,19 @@ def gcs(tmp_path):
     return install_fake_gcs(tmp_path / "gcs")
 
 
+@pytest.mark.parametrize("where", ["local", "url"])
+def test_file_sizes_and_size_list_every_file_below_a_directory(gcs, tmp_path, where):
+    root = "gs://bucket/sizes" if where == "url" else str(tmp_path / "sizes")
+    contents = {"a.json": b"{}", "state/d/0123": b"x" * 1000, "state/manifest": b""}
+    for name, data in contents.items():
+        storage.makedirs(storage.join(root, *name.split("/")[:-1]))
+        storage.write_bytes(storage.join(root, name), data)
+    assert storage.file_sizes(root) == {name: len(data) for name, data in contents.items()}
+    assert storage.size(storage.join(root, "state/d/0123")) == 1000
+    assert storage.size(storage.join(root, "state")) is None and storage.size(storage.join(root, "gone")) is None
+    assert storage.file_sizes(storage.join(root, "gone")) == {}
+
+
 def test_files_round_trip_through_a_url(gcs):
     url = "gs://bucket/run"
     storage.makedirs(url)

@@ -23,7 +23,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 COMPLETION_CHARS = 500  # how much of a failing completion a RewardFailure keeps
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,7 +168,7 @@ def score(
             values = [batch_error] if n == 1 else _per_completion(spec, completions, fields)
         column = np.full(n, spec.default, np.float64)
         for i, value in enumerate(values):
-            if value is not None and not isinstance(value, BaseException) and not _FLOAT32_MAX >= abs(value):
+            if value is not None and not isinstance(value, BaseException) and not FLOAT32_MAX >= abs(value):
                 value = InvalidRewardValue(
                     f"reward {spec.name!r} returned {value!r}; expected a finite number (within float32 range)"
                 )
@@ -183,7 +183,7 @@ def score(
                 column[i] = value
         per_reward[spec.name] = column.astype(np.float32)
         total += spec.weight * column
-    overflow = ~(np.abs(total) <= _FLOAT32_MAX)
+    overflow = ~(np.abs(total) <= FLOAT32_MAX)
     if overflow.any():
         raise ValueError(
             f"score: the weighted total overflows float32 at completion(s) {np.flatnonzero(overflow)[:5].tolist()}; "

@@ -26,10 +26,10 @@ from grpo_jax.data import Example
 from grpo_jax.distributed import max_over_hosts, owned_rows, scatter_rows, sum_over_hosts, to_host
 from grpo_jax.models.tokenizer import render_prompt
 from grpo_jax.rewards import RewardFailure, RewardSpec, overlong_penalty, score
+from grpo_jax.rewards.combine import FLOAT32_MAX
 from grpo_jax.sampling import SampleResult, SamplingConfig, bucket_size, generate
 
 logger = logging.getLogger(__name__)
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclasses.dataclass
@@ -227,7 +227,7 @@ def _step_reward(value: Any, completion: int, step: int) -> float:
         reward = float(value)
     except (TypeError, ValueError):
         reward = math.nan
-    if not abs(reward) <= _FLOAT32_MAX:
+    if not abs(reward) <= FLOAT32_MAX:
         logger.warning("step reward %r of step %d of completion %d is not a finite number; using 0",
                        value, step, completion)
         return 0.0
