@@ -38,6 +38,8 @@ setup(
         "test": ["pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6.100", "torch>=2.4", "tokenizers>=0.20",
                  # transformers' own GGUF loader (the reference in tests/test_models_gguf.py) needs it
                  "accelerate>=1.0",
+                 # PEFT loads the adapter directories `grpo-jax export --adapter-only` writes (tests/test_lora_peft.py)
+                 "peft>=0.13",
                  # the linter CI runs before the tests (rules in pyproject.toml)
                  "ruff>=0.6"],
         "tpu": ["jax[tpu]>=0.10.2"],

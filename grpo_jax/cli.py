@@ -5,8 +5,9 @@
   grpo-jax sft    [--config ...] [--output-dir DIR] [field=value ...]
                   only the supervised warm-up; writes a Hugging Face checkpoint to DIR/hf
   grpo-jax eval   RUN_DIR [--step N] [field=value ...]   held-out metrics of a checkpoint (JSON)
-  grpo-jax export RUN_DIR OUT_DIR [--step N] [--dtype bfloat16] [--overwrite]
-                  checkpoint -> Hugging Face directory (a non-empty OUT_DIR only with --overwrite)
+  grpo-jax export RUN_DIR OUT_DIR [--step N] [--dtype bfloat16] [--overwrite] [--adapter-only]
+                  checkpoint -> Hugging Face directory (a non-empty OUT_DIR only with --overwrite); a LoRA
+                  run's model is merged, or with --adapter-only its adapters go to a PEFT directory
   grpo-jax demo   GRPO on single-digit addition with a tabular policy (seconds)
 
 Overrides are ``section.field=value`` (or a bare field name when unique), e.g. ``grpo.beta=0``,
@@ -173,7 +174,15 @@ def _write_hf_files(ctx, params, directory: str, **kwargs) -> None:
     ctx.tokenizer.save_pretrained(directory)
 
 
-def _save_hf(ctx, params, out: str, *, overwrite: bool = False, **kwargs) -> None:
+def _write_adapter_files(ctx, params, directory: str) -> None:
+    """A PEFT adapter directory (grpo_jax.models.peft_io) for the run's base, plus its tokenizer."""
+    from grpo_jax.models.peft_io import save_peft_adapter
+
+    save_peft_adapter(ctx.model.config, params, directory, base_model_name_or_path=ctx.config.model.path)
+    ctx.tokenizer.save_pretrained(directory)
+
+
+def _save_hf(ctx, params, out: str, *, overwrite: bool = False, adapter_only: bool = False, **kwargs) -> None:
     """A Hugging Face checkpoint at ``out``, a local path or a URL, that never leaves a half-written or mixed
     directory. A non-empty ``out`` is refused unless ``overwrite`` (then files of the same names are replaced,
     weight files the new ones make stale are removed, and other files stay).
@@ -181,17 +190,28 @@ def _save_hf(ctx, params, out: str, *, overwrite: bool = False, **kwargs) -> Non
     Local: the files are written into a temporary sibling directory, then renamed into place: the whole
     directory when ``out`` is new or empty, else file by file; a failure before then leaves ``out`` as it was.
     URL: written locally, then copied there (storage.StagedDir). Modes follow the umask, like every output.
+    ``adapter_only``: a LoRA run's adapters as a PEFT directory instead of the merged model (weight files of
+    an earlier full export there are then left alone).
     """
     from grpo_jax.models.hf_io import stale_weight_files
+
+    def write(directory: str) -> None:
+        if adapter_only:
+            _write_adapter_files(ctx, params, directory)
+        else:
+            _write_hf_files(ctx, params, directory, **kwargs)
+
+    def stale(existing: list[str], written: list[str]) -> list[str]:
+        return [] if adapter_only else stale_weight_files(existing, written)
 
     if not overwrite:
         _refuse_nonempty(out)
     if storage.is_url(out):
         stage = storage.StagedDir(out)
         try:
-            _write_hf_files(ctx, params, stage.local, **kwargs)
+            write(stage.local)
             # an earlier export's weights there would be loaded instead (save_pretrained's note)
-            for name in stale_weight_files(storage.listdir(out), os.listdir(stage.local)):
+            for name in stale(storage.listdir(out), os.listdir(stage.local)):
                 storage.remove(storage.join(out, name))
         finally:
             stage.close()
@@ -201,14 +221,14 @@ def _save_hf(ctx, params, out: str, *, overwrite: bool = False, **kwargs) -> Non
     os.makedirs(parent, exist_ok=True)
     staged = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.export-", dir=parent)  # same file system
     try:
-        _write_hf_files(ctx, params, staged, **kwargs)
+        write(staged)
         os.chmod(staged, storage.default_mode(directory=True))  # mkdtemp's is 0o700
         if os.path.isdir(out) and not os.listdir(out):
             os.rmdir(out)
         if not os.path.exists(out):
             os.rename(staged, out)
             return
-        for name in stale_weight_files(os.listdir(out), os.listdir(staged)):
+        for name in stale(os.listdir(out), os.listdir(staged)):
             os.remove(os.path.join(out, name))
         for root, _, files in os.walk(staged):
             target_dir = os.path.join(out, os.path.relpath(root, staged))
@@ -224,9 +244,17 @@ def _export(args: argparse.Namespace) -> int:
 
     if not args.overwrite:  # before the checkpoint is read: a refused export costs nothing
         _refuse_nonempty(args.out_dir)
+    if args.adapter_only:
+        from grpo_jax.trainer import load_run_config
+
+        if not load_run_config(args.run_dir, args.overrides).model.lora_rank:
+            raise ConfigError(f"--adapter-only: {args.run_dir} trained every parameter (model.lora_rank=0), so it "
+                              "has no adapters; export the whole model without --adapter-only")
     ctx, params, step = _restored(args)
-    _save_hf(ctx, params, args.out_dir, overwrite=args.overwrite, dtype=DTYPES[args.dtype])
-    print(f"exported step {step} of {args.run_dir} to {args.out_dir}")
+    _save_hf(ctx, params, args.out_dir, overwrite=args.overwrite, adapter_only=args.adapter_only,
+             dtype=DTYPES[args.dtype])
+    what = "the LoRA adapters (PEFT format)" if args.adapter_only else "the model"
+    print(f"exported {what} of step {step} of {args.run_dir} to {args.out_dir}")
     return 0
 
 
@@ -265,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
             p.add_argument("--overwrite", action="store_true",
                            help="export into a non-empty OUT_DIR, replacing the files of the same names")
+            p.add_argument("--adapter-only", action="store_true",
+                           help="a LoRA run: write its adapters as a PEFT adapter directory (adapter_config.json, "
+                                "adapter_model.safetensors) instead of the merged model")
         p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
         p.add_argument("overrides", nargs="*", help="field=value overrides, e.g. run.eval_num_samples=8")
         p.set_defaults(handler=handler)

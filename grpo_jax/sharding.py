@@ -111,6 +111,7 @@ DEFAULT_RULES: LogicalRules = (
     ("mlp", ("tensor",)),
     ("vocab", ("tensor",)),
     ("layers", ()),
+    ("lora_rank", ()),  # LoRA's rank axis: a few entries, replicated (grpo_jax.models.lora)
 )
 
 

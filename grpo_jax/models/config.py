@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from grpo_jax.errors import ConfigError, InputNotFoundError
 from grpo_jax.models.attention import DEFAULT_QUERY_BLOCK
+from grpo_jax.models.lora import LoraConfig
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
@@ -47,6 +48,8 @@ class ModelConfig:
       param_dtype: dtype parameters are stored in (float32 for training).
       dtype: compute dtype of matmuls and activations (bfloat16 on accelerators); norms, softmax and
         the final logits are float32.
+      lora: None, or the low-rank adapters on the projections (grpo_jax.models.lora); never in config.json,
+        which describes the base.
       remat: rematerialise each layer's activations in the backward pass (saves memory, costs a forward).
       attention_query_block: a call with more queries than this runs attention in blocks of this many
         queries, each rematerialised in the backward pass, so no [T, S] score matrix is kept
@@ -76,6 +79,7 @@ class ModelConfig:
     dtype: Any = jnp.float32
     remat: bool = False
     attention_query_block: int = DEFAULT_QUERY_BLOCK
+    lora: LoraConfig | None = None
 
     def __post_init__(self) -> None:
         # Normalise mutable inputs so the config is hashable (it is a static attribute of the Flax module).

@@ -36,6 +36,7 @@ from grpo_jax.errors import ConfigError, InputNotFoundError
 from grpo_jax.models.attention import DEFAULT_QUERY_BLOCK
 from grpo_jax.models.config import ModelConfig
 from grpo_jax.models.gguf_io import find_gguf_file, read_gguf
+from grpo_jax.models.lora import merge_adapters
 from grpo_jax.models.model import build_model, param_shapes, param_shardings
 from grpo_jax.models.transformer import Transformer
 from grpo_jax.sharding import DEFAULT_RULES, LogicalRules
@@ -305,13 +306,16 @@ def save_pretrained(
       max_shard_bytes: largest file; bigger models are split into model-0000k-of-0000n.safetensors with
         model.safetensors.index.json, as transformers writes them.
 
-    Files are written under temporary names and renamed when all are complete, so an interrupted export
+    A LoRA model is written merged (grpo_jax.models.lora.merge_adapters): a plain checkpoint of the base's
+    architecture. Files are written under temporary names and renamed when all are complete, so an interrupted export
     never leaves a directory that looks complete; existing files of the same names are replaced.
     The exported tensors are gathered into host memory first (4 bytes per parameter in fp32); params on a
     mesh are fetched from their devices.
     """
     path = os.fspath(path)
     config = model.config
+    if config.lora is not None:  # the merged model: W + scale A B in place of each adapted kernel
+        params = merge_adapters(config, params)
     names = parameter_map(config)
     leaves = [_get(params, p) for p in names]
     out_dtype = jnp.dtype(dtype if dtype is not None else leaves[0].dtype)

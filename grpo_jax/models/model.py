@@ -11,6 +11,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from grpo_jax.models.config import ModelConfig
+from grpo_jax.models.lora import split_adapters
 from grpo_jax.models.transformer import Transformer
 from grpo_jax.sharding import DEFAULT_RULES, LogicalRules, MeshRules, logical_sharding
 
@@ -47,19 +48,39 @@ def param_shardings(model: Transformer, mesh: Mesh, rules: LogicalRules = DEFAUL
     )
 
 
-def init_params(model: Transformer, key: jax.Array, mesh: Mesh | None = None) -> dict:
-    """Random parameters (normal(0.02) weights, unit norms, zero biases) as a plain pytree.
+def init_params(model: Transformer, key: jax.Array, mesh: Mesh | None = None, *, part=None) -> dict:
+    """Random parameters (normal(0.02) weights, unit norms, zero biases; LoRA's A uniform, B zero) as a plain
+    pytree; ``part`` (a function of the tree, e.g. ``lambda p: split_adapters(p)[1]``) returns a part of it:
+    the rest is traced but never computed, since XLA drops what a program does not return.
 
     With a mesh, each parameter is created directly in its sharded layout (jit with out_shardings).
     """
+    select = part or (lambda tree: tree)
+
     def init(rng):
         ids = jnp.zeros((1, 1), jnp.int32)
-        return nn.meta.unbox(model.init(rng, ids, ids, ids)["params"])
+        return select(nn.meta.unbox(model.init(rng, ids, ids, ids)["params"]))
 
     if mesh is None:
         return jax.jit(init)(key)
     rules = model.mesh_rules.rules if model.mesh_rules is not None else DEFAULT_RULES
-    return jax.jit(init, out_shardings=param_shardings(model, mesh, rules))(key)
+    return jax.jit(init, out_shardings=select(param_shardings(model, mesh, rules)))(key)
+
+
+def init_adapters(model: Transformer, key: jax.Array, mesh: Mesh | None = None) -> dict:
+    """Fresh LoRA adapters for ``model`` (whose config sets ``lora``): A uniform(+-1/sqrt(in)), B zero, so the
+    adapted model starts equal to its base; sharded by the logical rules like the kernels they adapt."""
+    if model.config.lora is None:
+        raise ValueError("init_adapters: the model has no LoRA adapters (its config's `lora` is None)")
+    return init_params(model, key, mesh, part=lambda tree: split_adapters(tree)[1])
+
+
+def without_adapters(model: Transformer) -> Transformer:
+    """The base model of a LoRA model (the same module for a model without adapters): it computes the base's
+    logits from the base's parameters, e.g. the reference policy's from the frozen weights of LoRA training."""
+    if model.config.lora is None:
+        return model
+    return Transformer(model.config.replace(lora=None), model.mesh_rules)
 
 
 def positions_from_mask(attention_mask: jax.Array) -> jax.Array:

@@ -13,6 +13,8 @@ and may attend slot s when s <= cache_index + t and ``kv_mask[b, s]``. Without a
 and kv_mask is the attention (padding) mask, i.e. ordinary causal attention that ignores padding. With
 a cache, the same rule covers prefill (T prompt tokens written at cache_index) and decoding (T = 1).
 Rotary positions are passed explicitly, so a left-padded row rotates its first real token by 0.
+
+With ``config.lora`` set, the targeted projections also carry low-rank adapters (grpo_jax.models.lora).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import jax.numpy as jnp
 from grpo_jax.matmul import dense
 from grpo_jax.models.attention import attend
 from grpo_jax.models.config import ModelConfig
+from grpo_jax.models.lora import adapter_update
 from grpo_jax.models.rope import apply_rotary, rotary_angles
 from grpo_jax.sharding import MeshRules, constrain
 
@@ -37,6 +40,11 @@ _INIT = nn.initializers.normal(stddev=0.02)
 
 def _param(module: nn.Module, name: str, init, shape: tuple[int, ...], axes: tuple[str, ...]) -> jax.Array:
     return module.param(name, nn.with_logical_partitioning(init, axes), shape, module.config.param_dtype)
+
+
+def _plus_adapter(y: jax.Array, update: jax.Array | None) -> jax.Array:
+    """A projection's output plus its LoRA update (grpo_jax.models.lora), when the projection has one."""
+    return y if update is None else y + update
 
 
 class RMSNorm(nn.Module):
@@ -66,7 +74,9 @@ class Attention(nn.Module):
 
         def project(name, heads, axes):
             kernel = _param(self, f"{name}_kernel", _INIT, (d, heads, dh), ("embed", axes, "head_dim"))
-            y = dense(x, kernel.astype(dtype).reshape(d, heads * dh)).reshape(*x.shape[:2], heads, dh)
+            y = _plus_adapter(dense(x, kernel.astype(dtype).reshape(d, heads * dh)),
+                              adapter_update(self, name, x, (d,), ("embed",), (heads, dh), (axes, "head_dim")))
+            y = y.reshape(*x.shape[:2], heads, dh)
             if cfg.qkv_bias:
                 bias = _param(self, f"{name}_bias", nn.initializers.zeros, (heads, dh), (axes, "head_dim"))
                 y = y + bias.astype(dtype)
@@ -113,7 +123,9 @@ class Attention(nn.Module):
         out = constrain(out, ("batch", "length", "heads", "head_dim"), self.mesh_rules)
 
         o_kernel = _param(self, "o_kernel", _INIT, (num_heads, dh, d), ("heads", "head_dim", "embed"))
-        y = dense(out.reshape(b, t, num_heads * dh), o_kernel.astype(dtype).reshape(num_heads * dh, d))
+        out = out.reshape(b, t, num_heads * dh)
+        y = _plus_adapter(dense(out, o_kernel.astype(dtype).reshape(num_heads * dh, d)),
+                          adapter_update(self, "o", out, (num_heads, dh), ("heads", "head_dim"), (d,), ("embed",)))
         if cfg.o_bias:
             y = y + _param(self, "o_bias", nn.initializers.zeros, (d,), ("embed",)).astype(dtype)
         return y, new_cache
@@ -132,9 +144,13 @@ class MLP(nn.Module):
         gate = _param(self, "gate_kernel", _INIT, (d, f), ("embed", "mlp"))
         up = _param(self, "up_kernel", _INIT, (d, f), ("embed", "mlp"))
         down = _param(self, "down_kernel", _INIT, (f, d), ("mlp", "embed"))
-        hidden = jax.nn.silu(dense(x, gate.astype(dtype))) * dense(x, up.astype(dtype))
-        hidden = constrain(hidden, ("batch", "length", "mlp"), self.mesh_rules)
-        return dense(hidden, down.astype(dtype))
+        gated = _plus_adapter(dense(x, gate.astype(dtype)),
+                              adapter_update(self, "gate", x, (d,), ("embed",), (f,), ("mlp",)))
+        lifted = _plus_adapter(dense(x, up.astype(dtype)),
+                               adapter_update(self, "up", x, (d,), ("embed",), (f,), ("mlp",)))
+        hidden = constrain(jax.nn.silu(gated) * lifted, ("batch", "length", "mlp"), self.mesh_rules)
+        return _plus_adapter(dense(hidden, down.astype(dtype)),
+                             adapter_update(self, "down", hidden, (f,), ("mlp",), (d,), ("embed",)))
 
 
 class DecoderLayer(nn.Module):

@@ -13,8 +13,12 @@ from grpo_jax.errors import ConfigError
 from grpo_jax.models import ModelConfig, build_model, init_params, load_pretrained, load_tokenizer
 from grpo_jax.models.char_tokenizer import BOS_ID, EOS_ID, PAD_ID, build_char_tokenizer
 from grpo_jax.models.config import DTYPES
+from grpo_jax.models.lora import check_rank, join_adapters
+from grpo_jax.models.model import init_adapters
 from grpo_jax.models.transformer import Transformer
 from grpo_jax.trainer.config import ModelSpec
+
+LORA_KEY = 0x10A  # the adapters' key is fold_in(key(run.seed), LORA_KEY): apart from a from-scratch base's
 
 
 def scratch_model_config(spec: ModelSpec, vocab_size: int) -> ModelConfig:
@@ -57,7 +61,9 @@ def build_policy(spec: ModelSpec, mesh: Mesh, *, seed: int,
     """(model, params placed on ``mesh``, tokenizer, stop token ids) for ``spec``.
 
     With ``spec.path`` the Hugging Face checkpoint and its tokenizer are loaded (local files only);
-    otherwise a model of the given shape is initialised from ``seed`` with a character tokenizer.
+    otherwise a model of the given shape is initialised from ``seed`` with a character tokenizer. With LoRA
+    (``spec.lora_rank`` > 0) the model carries adapters and ``params`` holds the base and fresh adapters
+    (grpo_jax.models.lora); a rank larger than a targeted projection is a ConfigError here, before any compile.
     """
     if spec.path is not None:
         model, params = load_pretrained(spec.path, mesh=mesh, param_dtype=DTYPES[spec.param_dtype],
@@ -67,5 +73,11 @@ def build_policy(spec: ModelSpec, mesh: Mesh, *, seed: int,
     else:
         tokenizer = build_char_tokenizer(spec.alphabet)
         model = build_model(scratch_model_config(spec, len(tokenizer)), mesh)
+        if spec.lora is not None:  # before the base is initialised: a bad rank costs no compile
+            check_rank(model.config, spec.lora)
         params = init_params(model, jax.random.key(seed), mesh)
+    if spec.lora is not None:
+        check_rank(model.config, spec.lora)
+        model = Transformer(model.config.replace(lora=spec.lora), model.mesh_rules)
+        params = join_adapters(params, init_adapters(model, jax.random.fold_in(jax.random.key(seed), LORA_KEY), mesh))
     return model, params, tokenizer, stop_token_ids(tokenizer, model.config, spec.path, extra_eos)

@@ -48,6 +48,9 @@ from grpo_jax.losses.kl import KL_ESTIMATORS
 from grpo_jax.losses.objective import RATIO_LEVELS
 from grpo_jax.models.attention import DEFAULT_QUERY_BLOCK
 from grpo_jax.models.char_tokenizer import ARITHMETIC_ALPHABET
+from grpo_jax.models.lora import DEFAULT_TARGETS as DEFAULT_LORA_TARGETS
+from grpo_jax.models.lora import LoraConfig
+from grpo_jax.models.lora import check_targets as check_lora_targets
 from grpo_jax.sampling import SamplingConfig
 from grpo_jax.trainer.registry import REWARDS, STEP_REWARDS, TASKS  # names are validated against the registries
 
@@ -56,6 +59,7 @@ LOSS_TYPES = {"grpo": "seq-mean-token-mean", "dapo": "token-mean", "bnpo": "toke
 SCHEDULES = ("constant", "cosine", "linear")
 NONFINITE_ACTIONS = ("stop", "skip")
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
+DEFAULT_LORA_ALPHA = 32.0  # with rank 16, the update is scaled by 2 (alpha = 2r, common for LoRA RL runs)
 MESH_AXES = ("data", "fsdp", "tensor")
 
 
@@ -128,6 +132,12 @@ class ModelSpec:
       many queries (grpo_jax.models.attention): memory linear in the sequence length, same values.
     From scratch only: model_type, hidden_size, num_hidden_layers, num_attention_heads, num_key_value_heads,
       intermediate_size, max_position_embeddings, tie_word_embeddings, rope_theta, alphabet.
+    LoRA (grpo_jax.models.lora): lora_rank r > 0 trains low-rank adapters on the projections named in
+      ``lora_targets`` (PEFT names; default every attention and MLP projection) over a frozen base, scaled by
+      lora_alpha / r; 0 (the default) trains every parameter. The base may then be held in bfloat16
+      (``param_dtype``); the adapters are float32. lora_merged_sampling: the sampler decodes with the adapters
+      folded into a copy of the base's kernels once per step (true), or applies them in every decode step
+      (false); the same tokens either way, docs/benchmarks.md times both.
     """
 
     path: str | None = None
@@ -145,6 +155,10 @@ class ModelSpec:
     tie_word_embeddings: bool = True
     rope_theta: float = 10000.0
     alphabet: str = ARITHMETIC_ALPHABET
+    lora_rank: int = 0
+    lora_alpha: float = DEFAULT_LORA_ALPHA
+    lora_targets: tuple[str, ...] = DEFAULT_LORA_TARGETS
+    lora_merged_sampling: bool = False
 
     def __post_init__(self):
         s = "model"
@@ -159,6 +173,22 @@ class ModelSpec:
         _require(self.num_attention_heads % self.num_key_value_heads == 0, s, "num_key_value_heads",
                  self.num_key_value_heads, f"a divisor of num_attention_heads={self.num_attention_heads}")
         _require(bool(self.alphabet), s, "alphabet", self.alphabet, "a non-empty string of characters")
+        _positive(s, self, "lora_rank", allow_zero=True)
+        _positive(s, self, "lora_alpha")
+        if self.lora_rank:
+            check_lora_targets(self.lora_targets)
+        else:
+            changed = [f"{name}={getattr(self, name)!r}" for name, default in
+                       (("lora_alpha", DEFAULT_LORA_ALPHA), ("lora_targets", DEFAULT_LORA_TARGETS),
+                        ("lora_merged_sampling", False)) if getattr(self, name) != default]
+            if changed:
+                raise ConfigError(f"model: {', '.join(changed)} configure LoRA, which model.lora_rank=0 turns off; "
+                                  "set model.lora_rank to a positive rank (e.g. 16)")
+
+    @property
+    def lora(self) -> LoraConfig | None:
+        """The adapters' settings, None when LoRA is off."""
+        return LoraConfig(self.lora_rank, self.lora_alpha, self.lora_targets) if self.lora_rank else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -319,6 +349,9 @@ class OptimizerConfig:
     weight_decay, adam_beta1, adam_beta2, adam_epsilon: AdamW's. max_grad_norm: global-norm clipping (0 = off).
     gradient_accumulation_steps: each minibatch is split into this many micro-batches whose gradients are
       summed (with the loss normaliser of the whole minibatch) before one optimizer update.
+    lora_lr_scale: with LoRA (model.lora_rank > 0) every learning rate of the run (this section's and the SFT
+      warm-up's) is multiplied by this: adapters need a larger rate than full fine-tuning, and one multiplier
+      keeps a recipe's rates comparable between the two modes (the default is measured: docs/benchmarks.md).
     """
 
     learning_rate: float = 1e-6
@@ -330,11 +363,12 @@ class OptimizerConfig:
     adam_epsilon: float = 1e-8
     max_grad_norm: float = 1.0
     gradient_accumulation_steps: int = 1
+    lora_lr_scale: float = 10.0
 
     def __post_init__(self):
         s = "optimizer"
         _check_types(s, self)
-        _positive(s, self, "learning_rate", "adam_epsilon", "gradient_accumulation_steps")
+        _positive(s, self, "learning_rate", "adam_epsilon", "gradient_accumulation_steps", "lora_lr_scale")
         _positive(s, self, "warmup_steps", "weight_decay", "max_grad_norm", allow_zero=True)
         _choice(s, self, "lr_scheduler_type", SCHEDULES)
         for field in ("adam_beta1", "adam_beta2"):
@@ -513,6 +547,18 @@ class TrainConfig:
                                   f"{type(getattr(self, section)).__name__}")
         _check_cross_section(self)
 
+    @property
+    def trained_optimizer(self) -> OptimizerConfig:
+        """The GRPO optimizer's settings for the parameters this run trains: ``optimizer`` with the learning rate
+        times optimizer.lora_lr_scale under LoRA (model.lora_rank > 0)."""
+        scaled = self.optimizer.learning_rate * self.learning_rate_scale
+        return dataclasses.replace(self.optimizer, learning_rate=scaled)
+
+    @property
+    def learning_rate_scale(self) -> float:
+        """What multiplies every configured learning rate: optimizer.lora_lr_scale under LoRA, else 1."""
+        return self.optimizer.lora_lr_scale if self.model.lora_rank else 1.0
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (tuples become lists)."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -561,6 +607,10 @@ def _resolve_aliases(values: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 def _check_cross_section(config: TrainConfig) -> None:
     grpo, data, optimizer, sampling = config.grpo, config.data, config.optimizer, config.sampling
+    if config.model.lora_rank and grpo.ref_model_sync_steps:
+        raise ConfigError(f"grpo.ref_model_sync_steps={grpo.ref_model_sync_steps} with LoRA (model.lora_rank="
+                          f"{config.model.lora_rank}): the reference policy is the frozen base, which never changes; "
+                          "set grpo.ref_model_sync_steps=0")
     if sampling.num_generations < 2:
         raise ConfigError(f"sampling.num_generations={sampling.num_generations} is invalid: expected an int >= 2 "
                           "(GRPO compares completions within a group)")

@@ -44,11 +44,14 @@ from grpo_jax.distributed import to_host
 from grpo_jax.errors import CheckpointDamagedError, ConfigError, NonFiniteError, OutputExistsError
 from grpo_jax.losses import group_advantages, process_advantages
 from grpo_jax.metrics import MetricsWriter, plot_metrics, read_metrics, summarize
+from grpo_jax.models.lora import count_params
+from grpo_jax.models.model import without_adapters
 from grpo_jax.models.shared_prompt import layout_prompt_group
 from grpo_jax.trainer import rollout as rollout_lib
 from grpo_jax.trainer.config import TrainConfig, apply_overrides
 from grpo_jax.trainer.context import RunContext, build_context
 from grpo_jax.trainer.evaluation import SOLVED
+from grpo_jax.trainer.lora import base_pointer, check_base, fingerprint, sampling_policy, split_trained
 from grpo_jax.trainer.nonfinite import NonFiniteGuard
 from grpo_jax.trainer.reduction import mean_over_updates
 from grpo_jax.trainer.sft import run_sft
@@ -131,7 +134,7 @@ class GRPOTrainer:
         self.step_reward = step_reward_fn(config.grpo)
         self.is_writer = jax.process_index() == 0
         total_updates = config.run.max_steps * self.grpo.num_iterations * self.grpo.num_minibatches
-        self.optimizer, self.schedule = build_optimizer(config.optimizer, total_updates)
+        self.optimizer, self.schedule = build_optimizer(config.trained_optimizer, total_updates)
         self.checkpointer = Checkpointer(storage.join(ctx.output_dir, CHECKPOINT_DIR),
                                          max_to_keep=config.run.save_total_limit, async_save=config.run.async_save)
         self.stream = ctx.prompt_stream(batch_size=config.data.batch_size, seed=config.data.seed)
@@ -146,13 +149,20 @@ class GRPOTrainer:
             )
         if resume and latest is not None:
             # the newest intact step: a damaged newest one is refused, or set aside with run.resume_fallback
-            self.state = self._restore(params, self.checkpointer.resume_step(fallback=config.run.resume_fallback))
+            frozen, trained = split_trained(ctx.model, params)
+            self.base_fingerprint = fingerprint(frozen)
+            state = self._restore(trained, self.checkpointer.resume_step(fallback=config.run.resume_fallback))
+            self.state = state.replace(frozen=frozen)
         else:
             if config.sft.steps:
                 params = run_sft(ctx, params)
-            self.state = create_state(params, self.optimizer, ctx.mesh, seed=config.run.seed,
-                                      with_reference=self.grpo.beta > 0)
-        del params  # the state owns the parameters from here on
+            frozen, trained = split_trained(ctx.model, params)
+            self.base_fingerprint = fingerprint(frozen)
+            self.state = create_state(trained, self.optimizer, ctx.mesh, seed=config.run.seed,
+                                      with_reference=self.grpo.beta > 0 and frozen is None, frozen=frozen)
+        del params, trained, frozen  # the state owns the parameters from here on
+        self.param_counts = {"params/trainable": count_params(self.state.params),
+                             "params/total": count_params(self.state.policy_params())}
         self.update = make_update_fn(
             ctx.model, self.optimizer, self.schedule, ctx.mesh, state_shardings(self.state),
             objective=grpo_objective(self.grpo), temperature=ctx.sampling.temperature,
@@ -161,6 +171,9 @@ class GRPOTrainer:
         )
         self.logprobs = make_logprobs_fn(ctx.model, ctx.mesh, ctx.sampling.temperature,
                                          micro_batches=config.optimizer.gradient_accumulation_steps)
+        # the reference policy: the base model over the frozen weights under LoRA, else the policy's model
+        self.reference_logprobs = make_logprobs_fn(without_adapters(ctx.model), ctx.mesh, ctx.sampling.temperature,
+                                                   micro_batches=config.optimizer.gradient_accumulation_steps)
         self.metrics = MetricsWriter(ctx.output_dir, enabled=self.is_writer, tensorboard=config.run.tensorboard,
                                      progress=config.run.progress, total_steps=config.run.max_steps,
                                      resume_step=self.start_step if resume else None)
@@ -168,12 +181,16 @@ class GRPOTrainer:
             storage.write_text(storage.join(ctx.output_dir, CONFIG_FILE), json.dumps(config.to_dict(), indent=2))
 
     def _restore(self, params: Any, step: int):
-        """The TrainState of checkpoint ``step``; ``params`` give the shapes and shardings, then are freed."""
+        """The TrainState of checkpoint ``step`` (without a LoRA run's frozen base); ``params``, the trained
+        parameters, give the shapes and shardings, then are freed."""
         config = self.ctx.config
         # the settings first: they decide the state's structure (a reference model only when beta > 0), so a
         # changed one would otherwise surface as orbax's structure error after reading the whole checkpoint
-        self._check_resumable(self.checkpointer.restore_meta(step))
-        target = abstract_train_state(params, self.optimizer, self.ctx.mesh, with_reference=self.grpo.beta > 0)
+        meta = self.checkpointer.restore_meta(step)
+        self._check_resumable(meta)
+        check_base(meta, self.base_fingerprint, self.ctx.output_dir)
+        target = abstract_train_state(params, self.optimizer, self.ctx.mesh,
+                                      with_reference=self.grpo.beta > 0 and self.ctx.model.config.lora is None)
         _free(params)  # before the restored parameters arrive
         while True:
             try:
@@ -226,10 +243,11 @@ class GRPOTrainer:
             examples = self.stream.next_batch()
             texts = [ctx.render(e) for e in examples]
             return rollout_lib.rollout(
-                ctx.model, self.state.params, ctx.tokenizer, examples, round_key, ctx.sampling, list(ctx.specs),
+                *sampler_policy, ctx.tokenizer, examples, round_key, ctx.sampling, list(ctx.specs),
                 prompt_texts=texts, add_special_tokens=ctx.add_special_tokens,
                 overlong_buffer=self.grpo.overlong_buffer if self.grpo.overlong_penalty else None)
 
+        sampler_policy = sampling_policy(ctx.model, self.state.policy_params(), ctx.config.model.lora_merged_sampling)
         key, round_key = jax.random.split(key)
         rounds.append(sample_round(round_key))
         if not self.grpo.dynamic_sampling:
@@ -302,14 +320,14 @@ class GRPOTrainer:
             if self.grpo.num_iterations > 1 or mb.sampler_logprobs is not None:
                 # the training forward under the sampling params: pi_old when mu > 1, else only to measure how
                 # far the sampler's log-probs (pi_old at mu = 1) are from it
-                trainer = self.logprobs(self.state.params, ids, mask, completion_length, mb.prompt_group)
+                trainer = self.logprobs(self.state.policy_params(), ids, mask, completion_length, mb.prompt_group)
                 if self.grpo.num_iterations > 1:
                     mb.arrays["old_logprobs"] = trainer
                 if mb.sampler_logprobs is not None:
                     gap_sums.append(logprob_gap_sums(mb.sampler_logprobs, trainer, mb.arrays["completion_mask"]))
             if self.grpo.beta > 0:
-                mb.arrays["ref_logprobs"] = self.logprobs(self.state.ref_params, ids, mask, completion_length,
-                                                          mb.prompt_group)
+                mb.arrays["ref_logprobs"] = self.reference_logprobs(self.state.reference_params(), ids, mask,
+                                                                    completion_length, mb.prompt_group)
         return gap_sums
 
     def _update(self, minibatches: list[Minibatch]) -> list[dict[str, Any]]:
@@ -386,6 +404,7 @@ class GRPOTrainer:
             "data/epoch": self.stream.epoch,
             **{f"data/{kind}_prompts": count for kind, count in self.stream.stats.items()},  # so far, for length
             "batch/prompt_group": min(mb.prompt_group for mb in minibatches), **dynamic_stats,
+            **self.param_counts,
         }
         out["time/step_s"] = time.perf_counter() - start
         try:
@@ -402,13 +421,20 @@ class GRPOTrainer:
 
     # -- the run ----------------------------------------------------------------------------------------
     def _meta(self, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
-        return {"step": step, "data": self.stream.state(), "config": self.ctx.config.to_dict(),
+        meta = {"step": step, "data": self.stream.state(), "config": self.ctx.config.to_dict(),
                 "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+        if self.base_fingerprint is not None:
+            meta["lora_base"] = base_pointer(self.ctx.config, self.base_fingerprint)
+        return meta
+
+    def _save(self, step: int, metrics: dict[str, Any]) -> None:
+        """Checkpoint ``step``: the state without a LoRA run's frozen base (its pointer is in the meta)."""
+        self.checkpointer.save(step, self.state.replace(frozen=None), self._meta(step, metrics))
 
     def _eval(self, step: int) -> dict[str, float]:
         start = time.perf_counter()
         key = jax.random.fold_in(jax.random.wrap_key_data(self.state.rng), 1_000_000_000 + step)
-        out = self.ctx.eval_metrics(self.state.params, key)
+        out = self.ctx.eval_metrics(self.state.policy_params(), key)
         if out:
             out["time/eval_s"] = time.perf_counter() - start
         return out
@@ -422,7 +448,7 @@ class GRPOTrainer:
                 if first:
                     self.metrics.write(0, first)
                 self.metrics.flush()  # as before every checkpoint: a resumed run does not evaluate step 0 again
-                self.checkpointer.save(0, self.state, self._meta(0, first))
+                self._save(0, first)
             for step in range(self.start_step + 1, run.max_steps + 1):
                 try:
                     last = self.step(step)
@@ -434,7 +460,7 @@ class GRPOTrainer:
                 self.metrics.write(step, last)
                 if step == run.max_steps or (run.save_steps and step % run.save_steps == 0):
                     self.metrics.flush()  # the metrics up to a checkpoint are at the output dir before it
-                    self.checkpointer.save(step, self.state, self._meta(step, last))
+                    self._save(step, last)
             self.checkpointer.wait_until_finished()
         finally:
             try:
@@ -481,12 +507,17 @@ def load_run_config(run_dir: str, overrides: Sequence[str] = ()) -> TrainConfig:
 
 def restore_params(ctx: RunContext, params: Any, step: int | None = None) -> tuple[Any, int]:
     """The policy parameters of checkpoint ``step`` (default: the latest) of the run in ``ctx.output_dir``.
-    ``params`` (``build_context``'s) give their shapes and shardings and are freed first."""
-    optimizer, _ = build_optimizer(ctx.config.optimizer, 1)
-    target = abstract_train_state(params, optimizer, ctx.mesh, with_reference=ctx.config.grpo.beta > 0)
-    _free(params)
+    ``params`` (``build_context``'s) give their shapes and shardings and are freed first; under LoRA the
+    base in them is kept (checked against the checkpoint's pointer) and joined with the restored adapters."""
+    optimizer, _ = build_optimizer(ctx.config.trained_optimizer, 1)
+    frozen, trained = split_trained(ctx.model, params)
+    del params
+    target = abstract_train_state(trained, optimizer, ctx.mesh,
+                                  with_reference=ctx.config.grpo.beta > 0 and frozen is None)
+    _free(trained)
     with Checkpointer(storage.join(ctx.output_dir, CHECKPOINT_DIR), async_save=False, max_to_keep=None) as ckpt:
         if step is None:  # the newest; if it is damaged, the error names the intact step to pass instead
             step = ckpt.resume_step(fallback=False)
+        check_base(ckpt.restore_meta(step), fingerprint(frozen), ctx.output_dir)
         state, meta = ckpt.restore(target, step=step)
-    return state.params, int(meta["step"])
+    return state.replace(frozen=frozen).policy_params(), int(meta["step"])

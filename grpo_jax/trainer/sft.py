@@ -21,6 +21,7 @@ from grpo_jax.errors import ConfigError, NonFiniteError
 from grpo_jax.metrics import METRICS_FILENAME, MetricsWriter
 from grpo_jax.trainer.config import OptimizerConfig
 from grpo_jax.trainer.context import RunContext
+from grpo_jax.trainer.lora import split_trained
 from grpo_jax.trainer.nonfinite import NonFiniteGuard
 from grpo_jax.trainer.reduction import to_floats
 from grpo_jax.trainer.rollout import encode_prompts
@@ -57,12 +58,14 @@ def sft_batch(ctx: RunContext, examples: list[dict], answer_field: str) -> dict[
 
 
 def run_sft(ctx: RunContext, params: Any) -> Any:
-    """``sft.steps`` AdamW updates (cosine schedule, 5% warm-up) from ``params``; returns the new params."""
+    """``sft.steps`` AdamW updates (cosine schedule, 5% warm-up) from ``params``; returns the new params.
+    Under LoRA only the adapters train (at sft.learning_rate times optimizer.lora_lr_scale)."""
     cfg = ctx.config.sft
     optimizer, schedule = build_optimizer(
-        OptimizerConfig(learning_rate=cfg.learning_rate, lr_scheduler_type="cosine",
+        OptimizerConfig(learning_rate=cfg.learning_rate * ctx.config.learning_rate_scale, lr_scheduler_type="cosine",
                         warmup_steps=max(cfg.steps // 20, 1), weight_decay=0.0, max_grad_norm=1.0), cfg.steps)
-    state = create_state(params, optimizer, ctx.mesh, seed=ctx.config.run.seed, with_reference=False)
+    frozen, trained = split_trained(ctx.model, params)
+    state = create_state(trained, optimizer, ctx.mesh, seed=ctx.config.run.seed, with_reference=False, frozen=frozen)
     update = make_update_fn(ctx.model, optimizer, schedule, ctx.mesh, state_shardings(state), objective=sft_objective,
                             temperature=1.0, accumulation_steps=1, token_weighted=True, name="sft_update")
     stream = ctx.prompt_stream(batch_size=cfg.batch_size, seed=ctx.config.data.seed + 1)
@@ -74,7 +77,7 @@ def run_sft(ctx: RunContext, params: Any) -> Any:
         storage.remove(earlier)  # the warm-up always starts from scratch: an interrupted one's lines go
     with MetricsWriter(out_dir, enabled=jax.process_index() == 0, tensorboard=ctx.config.run.tensorboard,
                        progress=ctx.config.run.progress, total_steps=cfg.steps) as writer:
-        before = ctx.eval_metrics(state.params, key)
+        before = ctx.eval_metrics(state.policy_params(), key)
         if before:
             writer.write(0, before)
         for step in range(1, cfg.steps + 1):
@@ -91,8 +94,8 @@ def run_sft(ctx: RunContext, params: Any) -> Any:
                 writer.write(step, record)
                 raise
             if step == cfg.steps:
-                record.update(ctx.eval_metrics(state.params, key))
+                record.update(ctx.eval_metrics(state.policy_params(), key))
             writer.write(step, record)
     logger.info("SFT warm-up: %d steps, eval accuracy %s -> %s", cfg.steps, before.get("eval/accuracy"),
                 record.get("eval/accuracy"))
-    return state.params
+    return state.policy_params()

@@ -4,11 +4,18 @@ Everything in TrainState is a jax.Array, so orbax saves it as is and the update 
 explicit shardings and donate it:
 
   step        int32 scalar   optimizer updates applied so far
-  params      pytree         the policy's parameters (float32), sharded by the logical-axis rules
+  params      pytree         the trained parameters (float32), sharded by the logical-axis rules: the whole
+                             policy, or with LoRA only its adapters (grpo_jax.models.lora)
   opt_state   pytree         AdamW moments (same shardings as params) and counters
-  ref_params  pytree | None  the frozen reference policy for the KL penalty (None when beta == 0)
+  ref_params  pytree | None  the frozen reference policy for the KL penalty (None when beta == 0, and with LoRA,
+                             whose reference is the frozen base)
   rng         uint32 [2]     the run's base key data; the key of GRPO step k is fold_in(rng, k), so a resumed
                              run draws exactly the numbers the uninterrupted run would have drawn
+  frozen      pytree | None  with LoRA, the base's weights (never updated, may be bfloat16); None otherwise.
+                             Checkpoints leave it out: it is the model the run was built from.
+
+With LoRA the policy is ``join_adapters(frozen, params)`` and the reference policy is ``frozen`` under the
+model without adapters: the same arrays, so the KL penalty costs no second copy of the weights.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from grpo_jax.models.lora import join_adapters
 from grpo_jax.trainer.config import OptimizerConfig
 
 
@@ -31,6 +39,15 @@ class TrainState:
     opt_state: Any
     ref_params: Any
     rng: jax.Array
+    frozen: Any = None
+
+    def policy_params(self) -> Any:
+        """The policy's whole parameter tree (the base joined with the adapters under LoRA; no copy)."""
+        return self.params if self.frozen is None else join_adapters(self.frozen, self.params)
+
+    def reference_params(self) -> Any:
+        """The reference policy's parameters: the frozen base under LoRA, else ``ref_params``."""
+        return self.ref_params if self.frozen is None else self.frozen
 
 
 def learning_rate_schedule(config: OptimizerConfig, total_updates: int) -> optax.Schedule:
@@ -80,21 +97,25 @@ def optimizer_state_shardings(optimizer: optax.GradientTransformation, params: A
 
 
 def create_state(params: Any, optimizer: optax.GradientTransformation, mesh: Mesh, *, seed: int,
-                 with_reference: bool) -> TrainState:
+                 with_reference: bool, frozen: Any = None) -> TrainState:
     """A fresh TrainState around ``params`` (already placed on ``mesh``): optimizer moments sharded like
-    their parameters, scalars replicated, the reference a copy of params."""
+    their parameters, scalars replicated, the reference a copy of params (``with_reference``; never with a
+    ``frozen`` base, which is the reference itself)."""
+    if frozen is not None and with_reference:
+        raise ValueError("create_state: with a frozen base (LoRA) the reference policy is the base; "
+                         "pass with_reference=False")
     replicated = NamedSharding(mesh, PartitionSpec())
     opt_state = jax.jit(optimizer.init, out_shardings=optimizer_state_shardings(optimizer, params, mesh))(params)
     ref = jax.tree.map(jnp.copy, params) if with_reference else None
     rng = jax.device_put(jax.random.key_data(jax.random.key(seed)), replicated)
     step = jax.device_put(jnp.zeros((), jnp.int32), replicated)
-    return TrainState(step=step, params=params, opt_state=opt_state, ref_params=ref, rng=rng)
+    return TrainState(step=step, params=params, opt_state=opt_state, ref_params=ref, rng=rng, frozen=frozen)
 
 
 def abstract_train_state(params: Any, optimizer: optax.GradientTransformation, mesh: Mesh, *,
                          with_reference: bool) -> TrainState:
     """ShapeDtypeStructs with shardings of the TrainState ``create_state`` would build around ``params``,
-    without allocating anything: the restore target of a checkpoint."""
+    without allocating anything: the restore target of a checkpoint (which holds no frozen base)."""
     replicated = NamedSharding(mesh, PartitionSpec())
 
     def spec(x, sharding):

@@ -183,15 +183,16 @@ def make_update_fn(model: Transformer, optimizer: optax.GradientTransformation, 
     "entropy" (mean over loss tokens), "grad_norm" and "learning_rate" (of the update; reduce "loss", so
     their mean over updates) and "nonfinite" (grpo_jax.trainer.nonfinite's code of the first non-finite one of
     the loss, gradient norm and parameter update, 0 when all are finite; the update is then not applied: the
-    returned state is the one passed in). The state argument is donated. ``prompt_group``: the rows are runs of
-    that many that share a prompt (default: found from a host batch's data, ``prompt_group_of``); each
-    micro-batch takes whole runs (``split_micro(..., block=prompt_group)``) and computes each prompt once. One
-    program is compiled per prompt_group seen.
+    returned state is the one passed in). The state argument is donated, except a LoRA run's frozen base
+    (``state.frozen``), which only the forward reads: gradients and optimizer state cover ``state.params``
+    alone. ``prompt_group``: the rows are runs of that many that share a prompt (default: found from a host
+    batch's data, ``prompt_group_of``); each micro-batch takes whole runs (``split_micro(..., block=
+    prompt_group)``) and computes each prompt once. One program is compiled per prompt_group seen.
     """
     num_micro = accumulation_steps
 
     @compilation.named(name)
-    def program(state: TrainState, batch: dict[str, jax.Array], prompt_group: int):
+    def program(state: TrainState, frozen: Any, batch: dict[str, jax.Array], prompt_group: int):
         completion_length = batch["completion_mask"].shape[1]
         micro = jax.tree.map(lambda x: split_micro(x, num_micro, prompt_group), batch)
         micro_masks = micro["completion_mask"]
@@ -200,8 +201,9 @@ def make_update_fn(model: Transformer, optimizer: optax.GradientTransformation, 
                    "tokens": micro_batch_weights(micro_masks, num_micro, True),
                    "rows": micro_batch_weights(micro_masks, num_micro, False)}
 
-        def loss_fn(params, mb, weight):
-            logp, entropy = completion_logprobs(model, params, mb["input_ids"], mb["attention_mask"],
+        def loss_fn(params, mb, weight):  # params: the trained ones; the frozen base is a constant here
+            policy = state.replace(params=params, frozen=frozen).policy_params()
+            logp, entropy = completion_logprobs(model, policy, mb["input_ids"], mb["attention_mask"],
                                                 completion_length, temperature=temperature, with_entropy=True,
                                                 prompt_group=prompt_group)
             loss, metrics = objective(logp, mb)
@@ -239,13 +241,15 @@ def make_update_fn(model: Transformer, optimizer: optax.GradientTransformation, 
 
     replicated = NamedSharding(mesh, PartitionSpec())
     programs: dict[int, Callable] = {}
+    # a LoRA run's frozen base is an argument of its own, read and never donated: the update returns it unchanged
+    trained_sharding, frozen_sharding = state_sharding.replace(frozen=None), state_sharding.frozen
 
     def jitted(group: int) -> Callable:
         if group not in programs:
             # the batch's shardings come from its committed arrays (rows over the batch axes, placed in `run`)
             programs[group] = jax.jit(functools.partial(program, prompt_group=group),
-                                      in_shardings=(state_sharding, None), out_shardings=(state_sharding, replicated),
-                                      donate_argnums=(0,))
+                                      in_shardings=(trained_sharding, frozen_sharding, None),
+                                      out_shardings=(trained_sharding, replicated), donate_argnums=(0,))
         return programs[group]
 
     @functools.wraps(program)
@@ -253,6 +257,10 @@ def make_update_fn(model: Transformer, optimizer: optax.GradientTransformation, 
         group = prompt_group or prompt_group_of(batch["input_ids"], batch["attention_mask"],
                                                 np.shape(batch["completion_mask"])[1], num_micro)
         rows = {key: place_rows(value, mesh) for key, value in batch.items()}
-        return jitted(group)(state, rows)
+        new_state, metrics = jitted(group)(state.replace(frozen=None), state.frozen, rows)
+        return new_state.replace(frozen=state.frozen), metrics
+
+    run.lower = lambda state, batch, prompt_group: jitted(prompt_group).lower(  # for memory analysis
+        state.replace(frozen=None), state.frozen, batch)
 
     return run
