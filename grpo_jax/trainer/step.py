@@ -121,11 +121,16 @@ def make_logprobs_fn(model: Transformer, mesh: Mesh, temperature: float, micro_b
 
     jitted = jax.jit(program, static_argnums=(3, 4))
 
-    def run(params, input_ids, attention_mask, completion_length, prompt_group: int | None = None):
+    def placed(params, input_ids, attention_mask, completion_length, prompt_group):
         group = prompt_group or prompt_group_of(input_ids, attention_mask, completion_length, micro_batches)
         ids, mask = (place_rows(x, mesh) for x in (input_ids, attention_mask))
-        return jitted(params, ids, mask, completion_length, group)
+        return params, ids, mask, completion_length, group
 
+    def run(params, input_ids, attention_mask, completion_length, prompt_group: int | None = None):
+        return jitted(*placed(params, input_ids, attention_mask, completion_length, prompt_group))
+
+    # the program for these arguments, lowered (its memory analysis: tests/test_lora_training.py)
+    run.lower = lambda *args, prompt_group=None: jitted.lower(*placed(*args, prompt_group))
     return run
 
 
@@ -260,7 +265,11 @@ def make_update_fn(model: Transformer, optimizer: optax.GradientTransformation, 
         new_state, metrics = jitted(group)(state.replace(frozen=None), state.frozen, rows)
         return new_state.replace(frozen=state.frozen), metrics
 
-    run.lower = lambda state, batch, prompt_group: jitted(prompt_group).lower(  # for memory analysis
-        state.replace(frozen=None), state.frozen, batch)
+    def lower(state: TrainState, batch: dict[str, Any], prompt_group: int):
+        """The program for these arguments, lowered (its memory analysis: tests/test_lora_training.py)."""
+        rows = {key: place_rows(value, mesh) for key, value in batch.items()}
+        return jitted(prompt_group).lower(state.replace(frozen=None), state.frozen, rows)
+
+    run.lower = lower
 
     return run
