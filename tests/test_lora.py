@@ -230,6 +230,6 @@ def test_default_targets_are_every_projection():
     assert set(DEFAULT_TARGETS) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     config = apply_overrides(tiny_config(), ["model.lora_rank=8"])
     assert config.model.lora == LoraConfig(8, 32.0, DEFAULT_TARGETS)
-    assert config.trained_optimizer.learning_rate == pytest.approx(10 * config.optimizer.learning_rate)
+    assert config.trained_optimizer.learning_rate == pytest.approx(30 * config.optimizer.learning_rate)
     assert tiny_config().trained_optimizer.learning_rate == tiny_config().optimizer.learning_rate
     assert without_adapters(build_model(CONFIGS["qwen2"].replace(lora=LORA))).config == CONFIGS["qwen2"]

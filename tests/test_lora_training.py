@@ -48,7 +48,7 @@ def test_only_the_adapters_train_and_reach_the_checkpoint(lora_run):
     for r in records[1:]:
         assert (r["params/trainable"], r["params/total"]) == (trainable, total)
         assert r["kl"] > 0 and np.isfinite(r["loss"])
-        assert r["learning_rate"] == pytest.approx(10 * config.optimizer.learning_rate)  # optimizer.lora_lr_scale
+        assert r["learning_rate"] == pytest.approx(30 * config.optimizer.learning_rate)  # optimizer.lora_lr_scale
     # the checkpoint's arrays: the adapters and their AdamW moments, no base kernel, no reference copy
     tree = json.loads((run_dir / "checkpoints" / "4" / "state" / "_METADATA").read_text())["tree_metadata"]
     leaves = [eval(path) for path in tree]  # noqa: S307 - orbax writes the key paths as tuple literals

@@ -105,6 +105,20 @@ def test_two_processes_train_like_one_and_resume_as_two_slices(tmp_path):
                  _params(config, run_dir))
 
 
+def test_two_processes_train_lora_like_one(tmp_path):
+    """LoRA (model.lora_rank > 0, with the KL penalty to the frozen base): two processes on one 8-device mesh
+    give one process's metrics and adapters."""
+    lora = [*RUN, "model.lora_rank=8", "max_steps=2", "optimizer.lora_lr_scale=1"]  # Adam at 30x amplifies rounding
+    config = tiny_config(*lora)
+    train(config, output_dir=str(tmp_path / "one"))
+    _finish(_launch(tmp_path, tmp_path / "two", "fresh", lora))
+    for a, b in zip(read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two"), strict=True):
+        shared = [k for k in ("loss", "kl", "reward/mean", "grad_norm", "params/trainable") if k in a]
+        np.testing.assert_allclose([b[k] for k in shared], [a[k] for k in shared], rtol=1e-4, atol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), _params(config, tmp_path / "one"),
+                 _params(config, tmp_path / "two"))
+
+
 def test_a_dead_peer_is_an_error_not_a_hang(tmp_path):
     heartbeat = 10
     procs = _launch(tmp_path, tmp_path / "run", "fresh", [*RUN, "max_steps=1000", "save_steps=0"],

@@ -363,7 +363,7 @@ class OptimizerConfig:
     adam_epsilon: float = 1e-8
     max_grad_norm: float = 1.0
     gradient_accumulation_steps: int = 1
-    lora_lr_scale: float = 10.0
+    lora_lr_scale: float = 30.0
 
     def __post_init__(self):
         s = "optimizer"
