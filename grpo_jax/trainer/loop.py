@@ -171,9 +171,11 @@ class GRPOTrainer:
         )
         self.logprobs = make_logprobs_fn(ctx.model, ctx.mesh, ctx.sampling.temperature,
                                          micro_batches=config.optimizer.gradient_accumulation_steps)
-        # the reference policy: the base model over the frozen weights under LoRA, else the policy's model
-        self.reference_logprobs = make_logprobs_fn(without_adapters(ctx.model), ctx.mesh, ctx.sampling.temperature,
-                                                   micro_batches=config.optimizer.gradient_accumulation_steps)
+        # the reference policy: the base model over the frozen weights under LoRA; else the policy's own
+        # function, so the one compiled program serves both (no compile at the first log-prob gap measurement)
+        self.reference_logprobs = self.logprobs if ctx.model.config.lora is None else make_logprobs_fn(
+            without_adapters(ctx.model), ctx.mesh, ctx.sampling.temperature,
+            micro_batches=config.optimizer.gradient_accumulation_steps)
         self.metrics = MetricsWriter(ctx.output_dir, enabled=self.is_writer, tensorboard=config.run.tensorboard,
                                      progress=config.run.progress, total_steps=config.run.max_steps,
                                      resume_step=self.start_step if resume else None)
