@@ -111,6 +111,22 @@ def timed(fn, repeats: int) -> list[float]:
     return times
 
 
+def timed_updates(update, state, batch: dict, repeats: int) -> tuple[Any, dict, float, list[float]]:
+    """(state, metrics, seconds of the first call with its compile, seconds of each of ``repeats`` more):
+    ``update(state, batch) -> (state, metrics)`` applied again and again, each timed to its metrics."""
+    start = time.perf_counter()
+    state, metrics = update(state, batch)
+    jax.block_until_ready(metrics)
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        state, metrics = update(state, batch)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - start)
+    return state, metrics, first, times
+
+
 def measure_ceilings(n: int, copy_bytes: int, repeats: int) -> dict:
     """Matmul FLOP/s (bf16 n x n x n) and copy bandwidth (bytes read + written per second), medians."""
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.bfloat16)
@@ -154,16 +170,7 @@ def update_benchmark(size: str, repeats: int, mesh, micro_batches: int | None = 
         "old_logprobs": np.full((rows, t), -np.log(config.vocab_size), np.float32),
         "ref_logprobs": np.full((rows, t), -np.log(config.vocab_size), np.float32),
     }
-    start = time.perf_counter()
-    state, metrics = update(state, batch)
-    jax.block_until_ready(metrics)
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        state, metrics = update(state, batch)
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - start)
+    state, metrics, first, times = timed_updates(update, state, batch, repeats)
     flops = 3 * forward_flops(config, rows, p + t, t)
     return {"size": size, "parameters": int(sum(x.size for x in jax.tree.leaves(params))),
             "rows": rows, "prompt": p, "completion": t, "micro_batches": micro,
