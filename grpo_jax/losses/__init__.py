@@ -5,6 +5,7 @@ Completions are group-contiguous everywhere: with B prompts and G completions ea
 
     group_advantages(rewards [N], G)              -> [N] outcome advantages
     process_advantages(step_rewards, ends, mask, G) -> [N, T] process-supervision advantages
+    gae_advantages(rewards, values, mask)         -> [N, T] GAE advantages and value targets (PPO)
     token_logprobs(logits [B,T,V], tokens [B,T])  -> [B, T] log-probabilities
     token_logprobs_from_hidden(hidden, W, tokens) -> same, chunked, never holding [B, T, V]
     grpo_loss(logprobs, old, ref, advantages, mask) -> (loss, metrics)
@@ -13,6 +14,7 @@ Completions are group-contiguous everywhere: with B prompts and G completions ea
 
 from grpo_jax.losses.advantages import ADVANTAGE_SCALES, group_advantages, process_advantages
 from grpo_jax.losses.aggregation import AGGREGATIONS, aggregate_loss, masked_mean
+from grpo_jax.losses.gae import gae_advantages
 from grpo_jax.losses.kl import KL_ESTIMATORS, KL_LOG_RATIO_BOUND, kl_penalty
 from grpo_jax.losses.logprobs import token_logprobs, token_logprobs_from_hidden
 from grpo_jax.losses.objective import LOG_RATIO_BOUND, RATIO_LEVELS, grpo_loss
@@ -25,6 +27,7 @@ __all__ = [
     "LOG_RATIO_BOUND",
     "RATIO_LEVELS",
     "aggregate_loss",
+    "gae_advantages",
     "grpo_loss",
     "group_advantages",
     "kl_penalty",
