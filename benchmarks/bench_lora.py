@@ -70,6 +70,7 @@ def build(size: str, mode: str, rank: int, dtype: Any, mesh):
 def update_figures(model, params, mesh, rows: int, prompt: int, completion: int, micro: int,
                    repeats: int) -> dict:
     """The state's parts in bytes, XLA's memory analysis of the update and its median time, peak RSS."""
+    from grpo_jax.models.lora import count_params
     from grpo_jax.trainer.config import GRPOConfig, OptimizerConfig
     from grpo_jax.trainer.lora import split_trained
     from grpo_jax.trainer.state import build_optimizer, create_state, state_shardings
@@ -94,8 +95,7 @@ def update_figures(model, params, mesh, rows: int, prompt: int, completion: int,
     }
     figures = {"trained_bytes": nbytes(state.params), "optimizer_bytes": nbytes(state.opt_state),
                "reference_bytes": nbytes(state.ref_params), "frozen_bytes": nbytes(state.frozen),
-               "trained_params": int(sum(x.size for x in jax.tree.leaves(state.params))),
-               "total_params": int(sum(x.size for x in jax.tree.leaves(state.policy_params())))}
+               "trained_params": count_params(state.params), "total_params": count_params(state.policy_params())}
     analysis = update.lower(state, batch, 1).compile().memory_analysis()
     figures.update(xla_argument_bytes=analysis.argument_size_in_bytes, xla_output_bytes=analysis.output_size_in_bytes,
                    xla_temp_bytes=analysis.temp_size_in_bytes, xla_alias_bytes=analysis.alias_size_in_bytes)

@@ -38,17 +38,14 @@ def gae_advantages(rewards_NxT: jax.Array, values_NxT: jax.Array, mask_NxT: jax.
     mask = jnp.asarray(mask_NxT, jnp.float32)
     rewards = jnp.asarray(rewards_NxT, jnp.float32) * mask
     values = jnp.asarray(values_NxT, jnp.float32) * mask
-    # the next token's value and whether it exists (mask 0 after the end: a terminal state)
+    # V_{t+1}, 0 past the end (values are masked). Rewards and values are 0 on padding, so delta is too, and
+    # the recursion from the row's end leaves A = 0 there: a terminal state needs no mask of its own
     next_values = jnp.pad(values[:, 1:], ((0, 0), (0, 1)))
-    next_mask = jnp.pad(mask[:, 1:], ((0, 0), (0, 1)))
-    deltas = (rewards + gamma * next_values - values) * mask
+    deltas_TxN = (rewards + gamma * next_values - values).T
 
-    def backward(carry_N, inputs):
-        delta_N, next_mask_N = inputs
-        advantage_N = delta_N + gamma * lam * next_mask_N * carry_N
+    def backward(carry_N, delta_N):
+        advantage_N = delta_N + gamma * lam * carry_N
         return advantage_N, advantage_N
 
-    _, advantages_TxN = jax.lax.scan(backward, jnp.zeros(rewards.shape[0], jnp.float32),
-                                     (deltas.T, next_mask.T), reverse=True)
-    advantages = advantages_TxN.T * mask
-    return advantages, (advantages + values) * mask
+    _, advantages_TxN = jax.lax.scan(backward, jnp.zeros(rewards.shape[0], jnp.float32), deltas_TxN, reverse=True)
+    return advantages_TxN.T, advantages_TxN.T + values
