@@ -152,3 +152,43 @@ def process_advantages(
     at_end = jnp.zeros((n, t), jnp.float32).at[rows, jnp.clip(ends, 0, t - 1)].add(normalised)
     suffix_sum = jnp.flip(jnp.cumsum(jnp.flip(at_end, axis=1), axis=1), axis=1)
     return suffix_sum * jnp.asarray(mask, jnp.float32)
+
+
+def rloo_advantages(rewards: jax.Array, group_size: int) -> jax.Array:
+    """RLOO (REINFORCE leave-one-out, Ahmadian et al. 2024, arXiv 2402.14740): each completion's reward minus
+    the mean reward of the *other* G - 1 completions of its prompt, unscaled.
+
+    Equal to G / (G - 1) * (r - group mean), so a group of equal rewards gets exactly 0. ``rewards`` [N],
+    N = B * G group-contiguous, G >= 2; returns [N] float32. Errors as ``group_advantages``."""
+    fn = "rloo_advantages"
+    v.require_rank(fn, "rewards", rewards, (1,), "a 1-D array [N] of one reward per completion")
+    group_size = _check_group_size(fn, v.shape_of(rewards)[0], group_size)
+    v.require_finite(fn, "rewards", rewards)
+    groups = jnp.asarray(rewards, jnp.float32).reshape(-1, group_size)
+    centred = groups - jnp.mean(groups, axis=1, keepdims=True)
+    all_equal = jnp.max(groups, axis=1, keepdims=True) == jnp.min(groups, axis=1, keepdims=True)
+    return jnp.where(all_equal, 0.0, centred * (group_size / (group_size - 1))).reshape(-1)
+
+
+def batch_normalized_advantages(values: jax.Array, mask: jax.Array | None = None, *, eps: float = 1e-8) -> jax.Array:
+    """``values`` z-scored over the whole batch: (x - mean) / sqrt(var + eps), mean and (biased) variance over
+    all entries, or over the unmasked ones (``mask`` > 0) of an [N, T] array; masked entries get 0.
+
+    REINFORCE++ (Hu 2025, arXiv 2501.03262) uses it as its baseline: on [N] outcome rewards (no group needed,
+    G may be 1), or on [N, T] per-token returns when the KL penalty is in the reward. PPO whitens its GAE
+    advantages [N, T] the same way. A batch of equal values gets exactly 0. Returns float32, ``values``' shape.
+    """
+    fn = "batch_normalized_advantages"
+    v.require_rank(fn, "values", values, (1, 2), "[N] per completion or [N, T] per token")
+    if mask is None:
+        mask = jnp.ones(v.shape_of(values), jnp.float32)
+    v.require_same_shape(fn, "mask", mask, "values", values)
+    v.require_positive(fn, "eps", eps, allow_zero=True)
+    m = jnp.asarray(mask, jnp.float32)
+    x = jnp.where(m > 0, jnp.asarray(values, jnp.float32), 0.0)
+    count = jnp.maximum(jnp.sum(m), 1.0)
+    mean = jnp.sum(x * m) / count
+    centred = (x - mean) * m
+    var = jnp.sum(centred * centred) / count
+    no_signal = var == 0  # equal values: 0, not 0/0 when eps is 0
+    return jnp.where(no_signal, 0.0, centred / jnp.sqrt(jnp.where(no_signal, 1.0, var + eps)))
