@@ -4,7 +4,8 @@ One dataclass per concern, composed into ``TrainConfig``:
 
   model      ModelSpec       a Hugging Face checkpoint directory, or a small architecture trained from scratch
   data       DataConfig      the task, its splits, prompt batch size and prompt length limit
-  grpo       GRPOConfig      the algorithm: mu, clipping, KL, loss aggregation, rewards
+  grpo       GRPOConfig      the algorithm (GRPO, RLOO, REINFORCE++ or PPO): mu, clipping, KL, aggregation, rewards
+  ppo        PPOConfig       PPO's critic and GAE (used when grpo.algorithm = "ppo")
   sampling   SamplingConfig  how completions are drawn: G, length, temperature, top-p / top-k, how the sampler runs
   optimizer  OptimizerConfig AdamW, schedule, clipping, gradient accumulation
   sft        SFTConfig       an optional supervised warm-up before GRPO
@@ -57,6 +58,12 @@ from grpo_jax.trainer.registry import REWARDS, STEP_REWARDS, TASKS  # names are 
 LOSS_TYPES = {"grpo": "seq-mean-token-mean", "dapo": "token-mean", "bnpo": "token-mean",
               "dr_grpo": "seq-mean-token-sum-norm", **{a: a for a in AGGREGATIONS}}
 SCHEDULES = ("constant", "cosine", "linear")
+# how advantages are formed: group-normalised (GRPO), leave-one-out (RLOO), batch-normalised (REINFORCE++) or
+# GAE over a learned critic (PPO); the last two need no group (sampling.num_generations may be 1)
+ALGORITHMS = ("grpo", "rloo", "reinforce++", "ppo")
+GROUP_FREE_ALGORITHMS = ("reinforce++", "ppo")
+KL_PENALTIES = ("loss", "reward")
+CRITICS = ("copy", "head")
 NONFINITE_ACTIONS = ("stop", "skip")
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 DEFAULT_LORA_ALPHA = 32.0  # with rank 16, the update is scaled by 2 (alpha = 2r, common for LoRA RL runs)
@@ -260,6 +267,15 @@ class DataConfig:
 class GRPOConfig:
     """The algorithm (TRL names). G and the sampler's settings are in the ``sampling`` section.
 
+    algorithm: how a completion's advantage is formed (bare ``algorithm=ppo`` on the command line):
+      "grpo": the group-normalised reward (``scale_rewards``; per token with ``step_reward``);
+      "rloo": the reward minus the mean of the other G - 1 completions of its prompt (RLOO);
+      "reinforce++": the reward z-scored over the whole batch (REINFORCE++; G may be 1);
+      "ppo": GAE over a learned critic's per-token values (the ``ppo`` section; G may be 1).
+      All four share the sampler, rewards, clipped surrogate, KL options, checkpoints and metrics.
+    kl_penalty: where the beta-weighted KL to the reference goes: "loss" (a term of the loss, GRPO's way) or
+      "reward" (subtracted from each token's reward before advantages, InstructGPT's and PPO's way; for
+      "ppo" and "reinforce++", whose advantages are per token).
     num_iterations: mu, optimisation passes over each sampled batch (pi_old recomputed once per batch when > 1).
     num_minibatches: optimizer steps per pass (the B * G completions split into equal minibatches).
     epsilon / epsilon_high: clip range 1 - epsilon .. 1 + epsilon_high (None = epsilon); DAPO: 0.2 / 0.28.
@@ -281,6 +297,8 @@ class GRPOConfig:
     code_timeout_s: seconds a completion's program may run against each of its tests (the "code" reward).
     """
 
+    algorithm: str = "grpo"
+    kl_penalty: str = "loss"
     num_iterations: int = 1
     num_minibatches: int = 1
     epsilon: float = 0.2
@@ -309,8 +327,15 @@ class GRPOConfig:
         _positive(s, self, "beta", "max_resample_rounds", "ref_model_sync_steps", allow_zero=True)
         if self.epsilon_high is not None:
             _positive(s, self, "epsilon_high")
+        _choice(s, self, "algorithm", ALGORITHMS)
+        _choice(s, self, "kl_penalty", KL_PENALTIES)
         _choice(s, self, "kl_estimator", KL_ESTIMATORS)
         _choice(s, self, "importance_sampling_level", RATIO_LEVELS)
+        _require(self.kl_penalty == "loss" or self.algorithm in GROUP_FREE_ALGORITHMS, s, "kl_penalty",
+                 self.kl_penalty, f"'loss' with algorithm={self.algorithm!r} (a KL penalty in the reward needs "
+                 "per-token advantages: algorithm 'ppo' or 'reinforce++')")
+        _require(self.step_reward is None or self.algorithm == "grpo", s, "step_reward", self.step_reward,
+                 f"None with algorithm={self.algorithm!r} (process supervision forms GRPO's advantages)")
         _choice(s, self, "loss_type", tuple(LOSS_TYPES))
         _choice(s, self, "scale_rewards", ADVANTAGE_SCALES)
         _require(len(self.rewards) > 0 and all(name in REWARDS or is_import_path(name) for name in self.rewards),
@@ -332,12 +357,53 @@ class GRPOConfig:
         return LOSS_TYPES[self.loss_type]
 
     @property
+    def loss_beta(self) -> float:
+        """The KL term's weight in the loss: ``beta``, or 0 when the penalty is in the reward."""
+        return self.beta if self.kl_penalty == "loss" else 0.0
+
+    @property
     def weights(self) -> tuple[float, ...]:
         return tuple(self.reward_weights) if self.reward_weights is not None else (1.0,) * len(self.rewards)
 
     @property
     def accuracy_reward_name(self) -> str:
         return self.accuracy_reward or self.rewards[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOConfig:
+    """PPO with a learned critic (grpo.algorithm = "ppo"); ignored by the other algorithms.
+
+    critic: the value model. "copy": a copy of the initial policy (after any SFT warm-up) with a scalar value
+      head, trained by its own AdamW (the InstructGPT / DeepSeekMath setup: a second model as large as the
+      policy). "head": a value head alone on the policy's final hidden states, which the value loss does not
+      train (the trunk is the policy's, under stop-gradient): no second model, a linear critic.
+    gamma / lam: GAE's discount and lambda over completion tokens (grpo_jax.losses.gae_advantages).
+    value_clip: the clipped value loss's range around the values that scored the batch (0 = unclipped).
+    critic_learning_rate: the critic's peak learning rate (None = optimizer.learning_rate), with the
+      optimizer section's schedule, warm-up, betas and clipping.
+    critic_warmup_steps: the first N steps train the critic only (the policy is not updated).
+    whiten_advantages: z-score the GAE advantages over the batch's tokens (grpo_jax.losses.batch_normalized_advantages).
+    """
+
+    critic: str = "copy"
+    gamma: float = 1.0
+    lam: float = 0.95
+    value_clip: float = 0.2
+    critic_learning_rate: float | None = None
+    critic_warmup_steps: int = 0
+    whiten_advantages: bool = True
+
+    def __post_init__(self):
+        s = "ppo"
+        _check_types(s, self)
+        _choice(s, self, "critic", CRITICS)
+        _positive(s, self, "value_clip", "critic_warmup_steps", allow_zero=True)
+        if self.critic_learning_rate is not None:
+            _positive(s, self, "critic_learning_rate")
+        for field in ("gamma", "lam"):
+            value = getattr(self, field)
+            _require(0 <= value <= 1, s, field, value, "a number in [0, 1]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -500,8 +566,8 @@ def parse_mesh(spec: str, *, field: str = "run.mesh") -> dict[str, int]:
     return axes
 
 
-SECTIONS = {"model": ModelSpec, "data": DataConfig, "grpo": GRPOConfig, "sampling": SamplingConfig,
-            "optimizer": OptimizerConfig, "sft": SFTConfig, "run": RunConfig}
+SECTIONS = {"model": ModelSpec, "data": DataConfig, "grpo": GRPOConfig, "ppo": PPOConfig,
+            "sampling": SamplingConfig, "optimizer": OptimizerConfig, "sft": SFTConfig, "run": RunConfig}
 
 # TRL's spellings of the sampler settings (TRL keeps them in its GRPOConfig) -> their one home. Accepted in
 # overrides (dotted, or bare where the bare name is not a field elsewhere) and in config dicts, so config.json
@@ -535,6 +601,7 @@ class TrainConfig:
     model: ModelSpec = ModelSpec()
     data: DataConfig = DataConfig()
     grpo: GRPOConfig = GRPOConfig()
+    ppo: PPOConfig = PPOConfig()
     sampling: SamplingConfig = SamplingConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     sft: SFTConfig = SFTConfig()
@@ -611,9 +678,14 @@ def _check_cross_section(config: TrainConfig) -> None:
         raise ConfigError(f"grpo.ref_model_sync_steps={grpo.ref_model_sync_steps} with LoRA (model.lora_rank="
                           f"{config.model.lora_rank}): the reference policy is the frozen base, which never changes; "
                           "set grpo.ref_model_sync_steps=0")
-    if sampling.num_generations < 2:
+    if sampling.num_generations < 2 and (grpo.algorithm not in GROUP_FREE_ALGORITHMS or grpo.dynamic_sampling):
+        why = ("grpo.dynamic_sampling keeps groups whose rewards differ" if grpo.algorithm in GROUP_FREE_ALGORITHMS
+               else f"grpo.algorithm={grpo.algorithm!r} compares completions within a group")
         raise ConfigError(f"sampling.num_generations={sampling.num_generations} is invalid: expected an int >= 2 "
-                          "(GRPO compares completions within a group)")
+                          f"({why}; 'ppo' and 'reinforce++' need no group)")
+    if grpo.algorithm == "ppo" and config.model.lora_rank and config.ppo.critic == "copy":
+        raise ConfigError("grpo.algorithm='ppo' with LoRA (model.lora_rank > 0) and ppo.critic='copy' would train a "
+                          "full-size critic beside frozen adapters' base; set ppo.critic=head")
     if sampling.greedy:
         raise ConfigError("sampling.greedy=True would give every completion of a group the same tokens (no signal); "
                           "training samples, and evaluation decodes greedily on its own")

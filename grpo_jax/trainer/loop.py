@@ -5,14 +5,18 @@ Each GRPO step k (1-based) is a pipeline of named stages (``GRPOTrainer.step``):
      with key fold_in(run key, k) (``_sample``);
   2. score: rewards on the host, then DAPO's dynamic sampling if enabled (drop groups with equal rewards,
      sample more prompts to refill) (``_sample``);
-  3. advantages: group-normalised rewards, or per-token advantages from step rewards (``_advantages``);
+  3. advantages: per completion by grpo.algorithm (group-normalised, leave-one-out or batch-normalised
+     rewards), or per token from step rewards (``_advantages``); PPO's and those with the KL penalty in the
+     reward come after stage 4 (grpo_jax.trainer.advantages);
   4. the batch goes to the mesh once, split into minibatches (``_minibatches``); pi_old and pi_ref are
      computed there and stay there (``_add_logprobs``): pi_old is the sampler's log-probabilities when mu = 1,
      else recomputed once for the batch; pi_ref comes from the frozen reference when beta > 0; every
      run.logprob_diff_steps steps (every step when mu > 1, where they are free) the sampler's and the training
-     forward's log-probs of the same tokens are compared (rollout/logprob_diff_*);
+     forward's log-probs of the same tokens are compared (rollout/logprob_diff_*); with PPO the critic's values
+     of the batch, then GAE gives the per-token advantages and returns (``_token_advantages``);
   5. update: mu passes over num_minibatches minibatches, one jitted, donated, sharded update each, dispatched
-     without waiting for the device (``_update``);
+     without waiting for the device (``_update``); with PPO each pass first updates the critic on every
+     minibatch (the policy not during ppo.critic_warmup_steps);
   6. metrics: the host's rollout statistics are computed while the device runs the updates; the device's
      metrics are fetched once, at the end of the step (``step``). An update whose loss, gradient
      norm or parameter update is not finite was not applied (grpo_jax.trainer.nonfinite); the step then stops
@@ -42,21 +46,30 @@ from grpo_jax import sampling as sampling_lib
 from grpo_jax.checkpoint import Checkpointer
 from grpo_jax.distributed import to_host
 from grpo_jax.errors import CheckpointDamagedError, ConfigError, NonFiniteError, OutputExistsError
-from grpo_jax.losses import group_advantages, process_advantages
+from grpo_jax.losses import process_advantages
 from grpo_jax.metrics import MetricsWriter, plot_metrics, read_metrics, summarize
 from grpo_jax.models.lora import count_params
 from grpo_jax.models.model import without_adapters
 from grpo_jax.models.shared_prompt import layout_prompt_group
+from grpo_jax.trainer import advantages as advantages_lib
 from grpo_jax.trainer import rollout as rollout_lib
 from grpo_jax.trainer.config import TrainConfig, apply_overrides
 from grpo_jax.trainer.context import RunContext, build_context
+from grpo_jax.trainer.critic import critic_optimizer, critic_values, run_critic, value_forward, value_objective
 from grpo_jax.trainer.evaluation import SOLVED
 from grpo_jax.trainer.lora import base_pointer, check_base, fingerprint, sampling_policy, split_trained
 from grpo_jax.trainer.nonfinite import NonFiniteGuard
 from grpo_jax.trainer.reduction import mean_over_updates
 from grpo_jax.trainer.sft import run_sft
 from grpo_jax.trainer.state import abstract_train_state, build_optimizer, create_state, state_shardings
-from grpo_jax.trainer.step import compile_counts, grpo_objective, make_logprobs_fn, make_update_fn, place_rows
+from grpo_jax.trainer.step import (
+    compile_counts,
+    grpo_objective,
+    make_logprobs_fn,
+    make_rows_fn,
+    make_update_fn,
+    place_rows,
+)
 from grpo_jax.trainer.tasks import step_reward_fn
 
 logger = logging.getLogger(__name__)
@@ -64,7 +77,7 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
 # the sections an exact resume needs unchanged (of ``sampling``, all but its SAME_TOKENS fields)
-RESUME_SECTIONS = ("model", "data", "grpo", "sampling", "optimizer")
+RESUME_SECTIONS = ("model", "data", "grpo", "ppo", "sampling", "optimizer")
 
 
 def total_compiles() -> int:
@@ -96,12 +109,15 @@ class Minibatch:
     """One optimizer update's share of a step's sequence batch, on the mesh (rows over its batch axes).
 
     arrays: input_ids / attention_mask [M, P + T], completion_mask [M, T], advantages [M] or [M, T],
-      old_logprobs [M, T] and, when beta > 0, ref_logprobs [M, T] (see grpo_jax.trainer.step).
+      old_logprobs [M, T] and, when beta > 0, ref_logprobs [M, T] (see grpo_jax.trainer.step); with PPO the
+      critic's old_values [M, T] and the GAE returns [M, T].
+    rows: the minibatch's rows of the step's batch.
     prompt_group: the runs of rows that share a prompt, computed once per run (make_update_fn).
     sampler_logprobs: the sampler's log-probs [M, T] when they are compared with the training forward's.
     """
 
     arrays: dict[str, jax.Array]
+    rows: slice
     prompt_group: int
     sampler_logprobs: jax.Array | None = None
 
@@ -135,6 +151,8 @@ class GRPOTrainer:
         self.is_writer = jax.process_index() == 0
         total_updates = config.run.max_steps * self.grpo.num_iterations * self.grpo.num_minibatches
         self.optimizer, self.schedule = build_optimizer(config.trained_optimizer, total_updates)
+        self.ppo = config.ppo if self.grpo.algorithm == "ppo" else None
+        self.critic_optimizer, self.critic_schedule = critic_optimizer(config, total_updates)
         self.checkpointer = Checkpointer(storage.join(ctx.output_dir, CHECKPOINT_DIR),
                                          max_to_keep=config.run.save_total_limit, async_save=config.run.async_save)
         self.stream = ctx.prompt_stream(batch_size=config.data.batch_size, seed=config.data.seed)
@@ -158,11 +176,16 @@ class GRPOTrainer:
                 params = run_sft(ctx, params)
             frozen, trained = split_trained(ctx.model, params)
             self.base_fingerprint = fingerprint(frozen)
+            critic = run_critic(config, ctx.model, trained, ctx.mesh, self.critic_optimizer)
             self.state = create_state(trained, self.optimizer, ctx.mesh, seed=config.run.seed,
-                                      with_reference=self.grpo.beta > 0 and frozen is None, frozen=frozen)
+                                      with_reference=self.grpo.beta > 0 and frozen is None, frozen=frozen,
+                                      critic=critic)
         del params, trained, frozen  # the state owns the parameters from here on
         self.param_counts = {"params/trainable": count_params(self.state.params),
                              "params/total": count_params(self.state.policy_params())}
+        if self.ppo is not None:
+            self.param_counts["params/critic"] = count_params(self.state.critic.params)
+            self._setup_critic()
         self.update = make_update_fn(
             ctx.model, self.optimizer, self.schedule, ctx.mesh, state_shardings(self.state),
             objective=grpo_objective(self.grpo), temperature=ctx.sampling.temperature,
@@ -182,6 +205,23 @@ class GRPOTrainer:
         if self.is_writer:
             storage.write_text(storage.join(ctx.output_dir, CONFIG_FILE), json.dumps(config.to_dict(), indent=2))
 
+    def _setup_critic(self) -> None:
+        """PPO's critic programs: its update (make_update_fn over the critic's state) and its values."""
+        ctx, micro_batches = self.ctx, self.ctx.config.optimizer.gradient_accumulation_steps
+        self.critic_update = make_update_fn(
+            ctx.model, self.critic_optimizer, self.critic_schedule, ctx.mesh, state_shardings(self._critic()),
+            objective=value_objective(self.ppo), forward=value_forward(ctx.model),
+            temperature=ctx.sampling.temperature, accumulation_steps=micro_batches, token_weighted=True,
+            name="critic_update")
+        self.values = make_rows_fn(lambda params, *batch: critic_values(ctx.model, *params, *batch), ctx.mesh,
+                                   micro_batches, "values")
+
+    def _critic(self):
+        """The critic's state as its programs take it: with the policy's parameters as its ``frozen`` trunk
+        when it has no trunk of its own (ppo.critic = "head")."""
+        policy = self.state.policy_params() if self.ppo.critic == "head" else None
+        return self.state.critic.replace(frozen=policy)
+
     def _restore(self, params: Any, step: int):
         """The TrainState of checkpoint ``step`` (without a LoRA run's frozen base); ``params``, the trained
         parameters, give the shapes and shardings, then are freed."""
@@ -192,7 +232,9 @@ class GRPOTrainer:
         self._check_resumable(meta)
         check_base(meta, self.base_fingerprint, self.ctx.output_dir)
         target = abstract_train_state(params, self.optimizer, self.ctx.mesh,
-                                      with_reference=self.grpo.beta > 0 and self.ctx.model.config.lora is None)
+                                      with_reference=self.grpo.beta > 0 and self.ctx.model.config.lora is None,
+                                      critic=run_critic(config, self.ctx.model, params, self.ctx.mesh,
+                                                        self.critic_optimizer, abstract=True))
         _free(params)  # before the restored parameters arrive
         while True:
             try:
@@ -278,22 +320,23 @@ class GRPOTrainer:
         return rollout_lib.select_groups(rounds, sorted(chosen), ctx.sampling.pad_token_id), stats
 
     def _advantages(self, rollout: rollout_lib.Rollout) -> np.ndarray:
-        """Stage 3: [N] group-normalised outcome advantages, or [N, T] token advantages from step rewards
-        (process supervision)."""
+        """Stage 3: [N] outcome advantages by grpo.algorithm (grpo_jax.trainer.advantages), or [N, T] token
+        advantages from step rewards (process supervision)."""
         if self.step_reward is None:
-            return np.asarray(group_advantages(jnp.asarray(rollout.rewards), self.group_size,
-                                               scale=self.grpo.scale_rewards))
+            return advantages_lib.sequence_advantages(self.grpo, rollout.rewards, self.group_size)
         columns = rollout_lib.example_columns(rollout.examples, self.group_size, rollout.owned)
         step_rewards, step_ends = rollout_lib.step_arrays(self.ctx.tokenizer, rollout,
                                                           self.step_reward(rollout.texts, **columns))
         return np.asarray(process_advantages(step_rewards, step_ends, rollout.completion_mask, self.group_size))
 
-    def _minibatches(self, rollout: rollout_lib.Rollout, advantages: np.ndarray,
+    def _minibatches(self, rollout: rollout_lib.Rollout, host: dict[str, np.ndarray], advantages: np.ndarray | None,
                      measure_gap: bool) -> list[Minibatch]:
-        """Stage 4a: the step's sequence batch on the mesh, in ``num_minibatches`` minibatches. At mu = 1 the
-        sampler's log-probs are pi_old; otherwise ``_add_logprobs`` recomputes it."""
-        host = rollout_lib.sequence_batch(rollout, mask_truncated=self.grpo.mask_truncated_completions)
-        host["advantages"] = advantages
+        """Stage 4a: the step's sequence batch ``host`` (rollout.sequence_batch) on the mesh, in
+        ``num_minibatches`` minibatches, with ``advantages`` unless they come later (``_token_advantages``).
+        At mu = 1 the sampler's log-probs are pi_old; otherwise ``_add_logprobs`` recomputes it."""
+        host = dict(host)
+        if advantages is not None:
+            host["advantages"] = advantages
         if self.grpo.num_iterations == 1:
             host["old_logprobs"] = rollout.policy_logprobs
         size = len(rollout.tokens) // self.grpo.num_minibatches
@@ -309,7 +352,7 @@ class GRPOTrainer:
                     sampler = place_rows(rollout.policy_logprobs[rows], self.ctx.mesh)
             # rows of a group share their prompt: each program computes it once per run of such rows
             group = layout_prompt_group(self.group_size, size, accumulation_steps, first_row=m * size)
-            minibatches.append(Minibatch(arrays, group, sampler))
+            minibatches.append(Minibatch(arrays, rows, group, sampler))
         return minibatches
 
     def _add_logprobs(self, minibatches: list[Minibatch]) -> list[jax.Array]:
@@ -332,15 +375,59 @@ class GRPOTrainer:
                                                                     completion_length, mb.prompt_group)
         return gap_sums
 
-    def _update(self, minibatches: list[Minibatch]) -> list[dict[str, Any]]:
-        """Stage 5: mu passes of one optimizer update per minibatch, dispatched without waiting for the device;
-        returns each update's metrics (still on the device)."""
-        history = []
-        for _ in range(self.grpo.num_iterations):
+    def _token_advantages(self, host: dict[str, np.ndarray], rollout: rollout_lib.Rollout,
+                          minibatches: list[Minibatch]) -> np.ndarray:
+        """Stage 4c (PPO, or the KL penalty in the reward): per-token rewards, then PPO's GAE over the critic's
+        values or REINFORCE++'s normalised returns (grpo_jax.trainer.advantages). The [N, T] advantages (and
+        PPO's old_values and returns) join the minibatches; returns the advantages."""
+        grpo, mask = self.grpo, host["completion_mask"]
+        device: dict[str, Any] = {}
+        if grpo.kl_penalty == "reward" and grpo.beta > 0:
+            device["ref"] = [mb.arrays["ref_logprobs"] for mb in minibatches]
+            if grpo.num_iterations > 1:  # pi_old recomputed on the mesh; at mu = 1 the sampler's
+                device["old"] = [mb.arrays["old_logprobs"] for mb in minibatches]
+        if self.ppo is not None:
+            critic = self._critic()
+            device["values"] = []
             for mb in minibatches:
+                ids, attention = mb.arrays["input_ids"], mb.arrays["attention_mask"]
+                mb.arrays["old_values"] = self.values((critic.params, critic.frozen), ids, attention,
+                                                      mask.shape[1], mb.prompt_group)
+                device["values"].append(mb.arrays["old_values"])
+        fetched = {name: np.concatenate(arrays) for name, arrays in to_host(device).items()}
+        old = fetched.get("old", rollout.policy_logprobs)
+        rewards = advantages_lib.token_rewards(rollout.rewards, mask, old if "ref" in fetched else None,
+                                               fetched.get("ref"), beta=grpo.beta, kl_estimator=grpo.kl_estimator)
+        advantages, returns = advantages_lib.token_advantages(grpo, self.ctx.config.ppo, rewards, mask,
+                                                              fetched.get("values"))
+        for mb in minibatches:
+            mb.arrays["advantages"] = place_rows(advantages[mb.rows], self.ctx.mesh)
+            if returns is not None:
+                mb.arrays["returns"] = place_rows(returns[mb.rows], self.ctx.mesh)
+        return advantages
+
+    def _update(self, minibatches: list[Minibatch],
+                step: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float]:
+        """Stage 5: mu passes of one optimizer update per minibatch, dispatched without waiting for the device;
+        returns each policy update's and each critic update's metrics (still on the device), and the seconds
+        the critic's updates took (PPO: each pass updates the critic on every minibatch first, then waits for
+        it, so that the step's time splits between the two; no policy update during ppo.critic_warmup_steps)."""
+        history, critic_history, critic_s = [], [], 0.0
+        train_policy = self.ppo is None or step > self.ppo.critic_warmup_steps
+        for _ in range(self.grpo.num_iterations):
+            if self.ppo is not None:
+                jax.block_until_ready(self.state.params)  # the previous pass's policy updates: not the critic's time
+                start = time.perf_counter()
+                for mb in minibatches:
+                    critic, update_metrics = self.critic_update(self._critic(), mb.arrays, mb.prompt_group)
+                    self.state = self.state.replace(critic=critic.replace(frozen=None))
+                    critic_history.append(update_metrics)
+                jax.block_until_ready(self.state.critic.params)
+                critic_s += time.perf_counter() - start
+            for mb in minibatches if train_policy else ():
                 self.state, update_metrics = self.update(self.state, mb.arrays, mb.prompt_group)
                 history.append(update_metrics)
-        return history
+        return history, critic_history, critic_s
 
     def _sync_reference(self, step: int) -> None:
         """Copy the policy into the reference model every ``grpo.ref_model_sync_steps`` steps."""
@@ -376,32 +463,41 @@ class GRPOTrainer:
         compiles_before = total_compiles()
         key = jax.random.fold_in(jax.random.wrap_key_data(self.state.rng), step)
         rollout, dynamic_stats = self._sample(key)
-        advantages = self._advantages(rollout)
+        host = rollout_lib.sequence_batch(rollout, mask_truncated=self.grpo.mask_truncated_completions)
+        token_level = advantages_lib.needs_token_advantages(self.grpo)
+        advantages = None if token_level else self._advantages(rollout)
         logprobs_start = time.perf_counter()
         every = self.ctx.config.run.logprob_diff_steps
         measure_gap = every > 0 and (self.grpo.num_iterations > 1 or step % every == 0)
-        minibatches = self._minibatches(rollout, advantages, measure_gap)
+        minibatches = self._minibatches(rollout, host, advantages, measure_gap)
         gap_sums = self._add_logprobs(minibatches)
+        if token_level:
+            advantages = self._token_advantages(host, rollout, minibatches)
         jax.block_until_ready([mb.arrays for mb in minibatches])  # a timing point, no copy to the host
         update_start = time.perf_counter()
-        history = self._update(minibatches)
+        history, critic_history, critic_s = self._update(minibatches, step)
         self._sync_reference(step)
         host_metrics = self._rollout_metrics(rollout, advantages)  # while the device runs the updates
-        device_metrics = to_host({"updates": history, "gap": gap_sums})  # the step's one wait for the device
+        # the step's one wait for the device
+        device_metrics = to_host({"updates": history, "critic": critic_history, "gap": gap_sums})
         update_s = time.perf_counter() - update_start
-        updates = device_metrics["updates"]
-        nonfinite_codes = [int(update.pop("nonfinite").value) for update in updates]
-        applied = [u for u, code in zip(updates, nonfinite_codes, strict=True) if code == 0]
+        updates, critic_updates = device_metrics["updates"], device_metrics["critic"]
+        nonfinite_codes = [int(update.pop("nonfinite").value) for update in updates + critic_updates]
+        applied = [u for u, code in zip(updates, nonfinite_codes, strict=False) if code == 0]
+        critic_applied = [u for u, code in zip(critic_updates, nonfinite_codes[len(updates):], strict=True)
+                          if code == 0]
         # the tokens each update pass attends: the prompt once per completion, and the completions
         attended_tokens = int(rollout.prompt_mask.sum()) * self.group_size + int(rollout.completion_mask.sum())
         out = {
             **host_metrics,
             **mean_over_updates(applied or updates),  # the skipped updates' NaNs only when none was applied
-            "nonfinite/skipped_updates": len(updates) - len(applied),
+            **{f"critic/{name}": value for name, value in mean_over_updates(critic_applied or critic_updates).items()},
+            "nonfinite/skipped_updates": len(updates) + len(critic_updates) - len(applied) - len(critic_applied),
             **(logprob_gap(device_metrics["gap"]) if device_metrics["gap"] else {}),
             "tokens/update_per_s": float(attended_tokens * self.grpo.num_iterations / max(update_s, 1e-9)),
             "time/sample_s": rollout.sample_s, "time/reward_s": rollout.reward_s,
-            "time/logprobs_s": update_start - logprobs_start, "time/update_s": update_s,
+            "time/logprobs_s": update_start - logprobs_start, "time/update_s": update_s - critic_s,
+            **({"time/critic_update_s": critic_s} if self.ppo is not None else {}),
             "compile/count": total_compiles(), "compile/new": total_compiles() - compiles_before,
             "data/epoch": self.stream.epoch,
             **{f"data/{kind}_prompts": count for kind, count in self.stream.stats.items()},  # so far, for length
@@ -514,8 +610,9 @@ def restore_params(ctx: RunContext, params: Any, step: int | None = None) -> tup
     optimizer, _ = build_optimizer(ctx.config.trained_optimizer, 1)
     frozen, trained = split_trained(ctx.model, params)
     del params
+    critic = run_critic(ctx.config, ctx.model, trained, ctx.mesh, critic_optimizer(ctx.config, 1)[0], abstract=True)
     target = abstract_train_state(trained, optimizer, ctx.mesh,
-                                  with_reference=ctx.config.grpo.beta > 0 and frozen is None)
+                                  with_reference=ctx.config.grpo.beta > 0 and frozen is None, critic=critic)
     _free(trained)
     with Checkpointer(storage.join(ctx.output_dir, CHECKPOINT_DIR), async_save=False, max_to_keep=None) as ckpt:
         if step is None:  # the newest; if it is damaged, the error names the intact step to pass instead

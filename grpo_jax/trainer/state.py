@@ -13,6 +13,8 @@ explicit shardings and donate it:
                              run draws exactly the numbers the uninterrupted run would have drawn
   frozen      pytree | None  with LoRA, the base's weights (never updated, may be bfloat16); None otherwise.
                              Checkpoints leave it out: it is the model the run was built from.
+  critic      TrainState | None  PPO's value model (grpo_jax.trainer.critic) with its own step, AdamW state and
+                             parameters; None for the critic-free algorithms. Checkpointed with the policy.
 
 With LoRA the policy is ``join_adapters(frozen, params)`` and the reference policy is ``frozen`` under the
 model without adapters: the same arrays, so the KL penalty costs no second copy of the weights.
@@ -40,6 +42,7 @@ class TrainState:
     ref_params: Any
     rng: jax.Array
     frozen: Any = None
+    critic: Any = None
 
     def policy_params(self) -> Any:
         """The policy's whole parameter tree (the base joined with the adapters under LoRA; no copy)."""
@@ -97,10 +100,10 @@ def optimizer_state_shardings(optimizer: optax.GradientTransformation, params: A
 
 
 def create_state(params: Any, optimizer: optax.GradientTransformation, mesh: Mesh, *, seed: int,
-                 with_reference: bool, frozen: Any = None) -> TrainState:
+                 with_reference: bool, frozen: Any = None, critic: TrainState | None = None) -> TrainState:
     """A fresh TrainState around ``params`` (already placed on ``mesh``): optimizer moments sharded like
     their parameters, scalars replicated, the reference a copy of params (``with_reference``; never with a
-    ``frozen`` base, which is the reference itself)."""
+    ``frozen`` base, which is the reference itself), and PPO's ``critic`` state as given."""
     if frozen is not None and with_reference:
         raise ValueError("create_state: with a frozen base (LoRA) the reference policy is the base; "
                          "pass with_reference=False")
@@ -109,13 +112,15 @@ def create_state(params: Any, optimizer: optax.GradientTransformation, mesh: Mes
     ref = jax.tree.map(jnp.copy, params) if with_reference else None
     rng = jax.device_put(jax.random.key_data(jax.random.key(seed)), replicated)
     step = jax.device_put(jnp.zeros((), jnp.int32), replicated)
-    return TrainState(step=step, params=params, opt_state=opt_state, ref_params=ref, rng=rng, frozen=frozen)
+    return TrainState(step=step, params=params, opt_state=opt_state, ref_params=ref, rng=rng, frozen=frozen,
+                      critic=critic)
 
 
 def abstract_train_state(params: Any, optimizer: optax.GradientTransformation, mesh: Mesh, *,
-                         with_reference: bool) -> TrainState:
-    """ShapeDtypeStructs with shardings of the TrainState ``create_state`` would build around ``params``,
-    without allocating anything: the restore target of a checkpoint (which holds no frozen base)."""
+                         with_reference: bool, critic: TrainState | None = None) -> TrainState:
+    """ShapeDtypeStructs with shardings of the TrainState ``create_state`` would build around ``params``
+    (arrays or ShapeDtypeStructs with shardings), without allocating anything: the restore target of a
+    checkpoint (which holds no frozen base). ``critic``: PPO's critic state, abstract too."""
     replicated = NamedSharding(mesh, PartitionSpec())
 
     def spec(x, sharding):
@@ -126,7 +131,7 @@ def abstract_train_state(params: Any, optimizer: optax.GradientTransformation, m
     key = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
     return TrainState(step=jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated), params=abstract_params,
                       opt_state=opt, ref_params=abstract_params if with_reference else None,
-                      rng=spec(key, replicated))
+                      rng=spec(key, replicated), critic=critic)
 
 
 def state_shardings(state: TrainState) -> Any:

@@ -42,7 +42,8 @@ from grpo_jax.trainer.nonfinite import keep_if_finite, nonfinite_code
 from grpo_jax.trainer.reduction import Metric, accumulate, initial
 from grpo_jax.trainer.state import TrainState
 
-PROGRAMS = ("logprobs", "grpo_update", "sft_update")  # the jitted programs' names, as compilation counts them
+# the jitted programs' names, as compilation counts them
+PROGRAMS = ("logprobs", "values", "grpo_update", "critic_update", "sft_update")
 
 
 def compile_counts() -> dict[str, int]:
@@ -105,15 +106,15 @@ def merge_micro(x: jax.Array, block: int = 1) -> jax.Array:
     return jnp.moveaxis(x.reshape(num_micro, blocks, block, *x.shape[2:]), 0, 1).reshape(num_micro * per, *x.shape[2:])
 
 
-def make_logprobs_fn(model: Transformer, mesh: Mesh, temperature: float, micro_batches: int = 1) -> Callable:
-    """jit(params, input_ids, attention_mask, completion_length[, prompt_group]) -> [M, T] log pi, rows
-    sharded; computed ``micro_batches`` rows-groups at a time (as the update does), so it needs no more memory
-    than a micro-batch. ``prompt_group`` as in ``make_update_fn``."""
-    @compilation.named("logprobs")
+def make_rows_fn(fn: Callable, mesh: Mesh, micro_batches: int, name: str) -> Callable:
+    """jit(params, input_ids, attention_mask, completion_length[, prompt_group]) -> [M, T] float32 per-token
+    values ``fn(params, input_ids, attention_mask, completion_length, prompt_group)``, rows sharded; computed
+    ``micro_batches`` rows-groups at a time (as the update does), so it needs no more memory than a
+    micro-batch. ``prompt_group`` as in ``make_update_fn``. ``params`` may be any pytree ``fn`` reads."""
+    @compilation.named(name)
     def program(params, input_ids, attention_mask, completion_length, prompt_group):
         def one(xs):
-            return completion_logprobs(model, params, *xs, completion_length, temperature=temperature,
-                                       prompt_group=prompt_group)
+            return fn(params, *xs, completion_length, prompt_group)
 
         out = jax.lax.map(one, (split_micro(input_ids, micro_batches, prompt_group),
                                 split_micro(attention_mask, micro_batches, prompt_group)))
@@ -134,6 +135,26 @@ def make_logprobs_fn(model: Transformer, mesh: Mesh, temperature: float, micro_b
     return run
 
 
+def make_logprobs_fn(model: Transformer, mesh: Mesh, temperature: float, micro_batches: int = 1) -> Callable:
+    """jit(params, input_ids, attention_mask, completion_length[, prompt_group]) -> [M, T] log pi (make_rows_fn)."""
+    def logprobs(params, input_ids, attention_mask, completion_length, prompt_group):
+        return completion_logprobs(model, params, input_ids, attention_mask, completion_length,
+                                   temperature=temperature, prompt_group=prompt_group)
+    return make_rows_fn(logprobs, mesh, micro_batches, "logprobs")
+
+
+def policy_forward(model: Transformer, temperature: float) -> Callable:
+    """make_update_fn's default ``forward``: (state, micro-batch, T, prompt_group) -> (log pi [N, T] of the
+    state's policy, {"entropy": its mean over loss tokens, without gradient})."""
+    def forward(state, mb, completion_length, prompt_group):
+        logp, entropy = completion_logprobs(model, state.policy_params(), mb["input_ids"], mb["attention_mask"],
+                                            completion_length, temperature=temperature, with_entropy=True,
+                                            prompt_group=prompt_group)
+        entropy = masked_mean(jax.lax.stop_gradient(entropy), mb["completion_mask"])
+        return logp, {"entropy": Metric(entropy, "tokens")}
+    return forward
+
+
 # ---- objectives: (log-probabilities [N, T], micro-batch) -> (loss, {name: Metric}) ------------------------
 
 # How each of grpo_loss's metrics combines over micro-batches (grpo_jax.trainer.reduction): the loss terms as
@@ -151,7 +172,7 @@ def grpo_objective(config: GRPOConfig) -> Callable:
         advantages = batch["advantages"]
         loss, metrics = grpo_loss(
             logp, batch["old_logprobs"], batch.get("ref_logprobs"), advantages, batch["completion_mask"],
-            clip_eps=config.epsilon, clip_eps_high=config.epsilon_high, beta=config.beta,
+            clip_eps=config.epsilon, clip_eps_high=config.epsilon_high, beta=config.loss_beta,
             kl_estimator=config.kl_estimator, ratio_level=config.importance_sampling_level,
             aggregation=config.aggregation, max_tokens=logp.shape[1],
         )
@@ -179,22 +200,28 @@ def micro_batch_weights(mask: jax.Array, num_micro: int, by_tokens: bool) -> jax
 
 def make_update_fn(model: Transformer, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
                    mesh: Mesh, state_sharding: Any, *, objective: Callable, temperature: float,
-                   accumulation_steps: int, token_weighted: bool, name: str) -> Callable:
+                   accumulation_steps: int, token_weighted: bool, name: str,
+                   forward: Callable | None = None) -> Callable:
     """jit(state, batch) -> (state, metrics): one optimizer update on a minibatch (see module docstring).
 
-    ``objective(logp, micro_batch) -> (loss, {name: Metric})``. ``batch`` is a dict of row-sharded arrays;
+    ``forward(state, micro_batch, completion_length, prompt_group) -> (outputs, {name: Metric})`` computes
+    what the loss needs from the state's parameters (default ``policy_forward``: the policy's log-probs and
+    entropy; PPO's critic passes its values, grpo_jax.trainer.critic). ``objective(outputs, micro_batch) ->
+    (loss, {name: Metric})``. ``batch`` is a dict of row-sharded arrays;
     ``metrics`` is {name: Metric} of replicated float32 scalars, the whole minibatch's values: the objective's
-    metrics, each combined over the micro-batches as its ``reduce`` says (grpo_jax.trainer.reduction), plus
-    "entropy" (mean over loss tokens), "grad_norm" and "learning_rate" (of the update; reduce "loss", so
+    and the forward's metrics, each combined over the micro-batches as its ``reduce`` says
+    (grpo_jax.trainer.reduction), plus "grad_norm" and "learning_rate" (of the update; reduce "loss", so
     their mean over updates) and "nonfinite" (grpo_jax.trainer.nonfinite's code of the first non-finite one of
     the loss, gradient norm and parameter update, 0 when all are finite; the update is then not applied: the
-    returned state is the one passed in). The state argument is donated, except a LoRA run's frozen base
-    (``state.frozen``), which only the forward reads: gradients and optimizer state cover ``state.params``
-    alone. ``prompt_group``: the rows are runs of that many that share a prompt (default: found from a host
-    batch's data, ``prompt_group_of``); each micro-batch takes whole runs (``split_micro(..., block=
-    prompt_group)``) and computes each prompt once. One program is compiled per prompt_group seen.
+    returned state is the one passed in). The state argument is donated, except its ``frozen`` part (a LoRA
+    run's base; the policy a PPO critic without a trunk reads), which only the forward reads: gradients and
+    optimizer state cover ``state.params`` alone. ``prompt_group``: the rows are runs of that many that share
+    a prompt (default: found from a host batch's data, ``prompt_group_of``); each micro-batch takes whole runs
+    (``split_micro(..., block=prompt_group)``) and computes each prompt once. One program is compiled per
+    prompt_group seen.
     """
     num_micro = accumulation_steps
+    forward = forward or policy_forward(model, temperature)
 
     @compilation.named(name)
     def program(state: TrainState, frozen: Any, batch: dict[str, jax.Array], prompt_group: int):
@@ -207,17 +234,14 @@ def make_update_fn(model: Transformer, optimizer: optax.GradientTransformation, 
                    "rows": micro_batch_weights(micro_masks, num_micro, False)}
 
         def loss_fn(params, mb, weight):  # params: the trained ones; the frozen base is a constant here
-            policy = state.replace(params=params, frozen=frozen).policy_params()
-            logp, entropy = completion_logprobs(model, policy, mb["input_ids"], mb["attention_mask"],
-                                                completion_length, temperature=temperature, with_entropy=True,
-                                                prompt_group=prompt_group)
-            loss, metrics = objective(logp, mb)
+            outputs, forward_metrics = forward(state.replace(params=params, frozen=frozen), mb, completion_length,
+                                               prompt_group)
+            loss, metrics = objective(outputs, mb)
             plain = sorted(metric_name for metric_name, m in metrics.items() if not isinstance(m, Metric))
             if plain:
                 raise TypeError(f"make_update_fn: the objective's metrics {plain} are not "
                                 "grpo_jax.trainer.reduction.Metric (a value and how it reduces over micro-batches)")
-            entropy = masked_mean(jax.lax.stop_gradient(entropy), mb["completion_mask"])
-            return loss * weight, dict(metrics, entropy=Metric(entropy, "tokens"))
+            return loss * weight, dict(metrics, **forward_metrics)
 
         grad_fn = jax.grad(loss_fn, has_aux=True)
 
