@@ -258,8 +258,30 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from grpo_jax.compare import TABLE_FILE, compare
+    from grpo_jax.trainer import apply_overrides, load_config
+    from grpo_jax.trainer.default import get_config
+
+    base = apply_overrides(load_config(args.config) if args.config else get_config(), args.overrides)
+    algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError as e:
+        raise ConfigError(f"--seeds={args.seeds!r}: expected comma-separated integers") from e
+    try:
+        compare(base, args.output_dir, algorithms=algorithms, seeds=seeds)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    print(storage.read_text(storage.join(args.output_dir, TABLE_FILE)))
+    print(f"outputs in {args.output_dir}: compare.md, compare.json, compare.png and one run directory per "
+          "algorithm and seed")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from grpo_jax.demo import DemoConfig
+    from grpo_jax.trainer.config import ALGORITHMS
 
     parser = argparse.ArgumentParser(prog="grpo-jax", description="GRPO training in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -299,6 +321,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
         p.add_argument("overrides", nargs="*", help="field=value overrides, e.g. run.eval_num_samples=8")
         p.set_defaults(handler=handler)
+
+    compare = sub.add_parser("compare", help="train GRPO, PPO (with a critic), RLOO and REINFORCE++ side by side "
+                                             "and write a table and a PNG of their accuracy, time and memory")
+    compare.add_argument("--config", help="the base recipe (default: the embedded default run)")
+    compare.add_argument("--output-dir", required=True, help="one run directory per algorithm and seed go here, "
+                                                             "with compare.md, compare.json and compare.png")
+    compare.add_argument("--algorithms", default=",".join(ALGORITHMS),
+                         help=f"comma-separated, from {', '.join(ALGORITHMS)} (default: all)")
+    compare.add_argument("--seeds", default="0,1,2", help="comma-separated run seeds (default: 0,1,2)")
+    compare.add_argument("overrides", nargs="*", help="field=value overrides of the base config, e.g. max_steps=60")
+    compare.set_defaults(handler=_compare)
 
     demo = sub.add_parser("demo", help="run GRPO on single-digit addition with a tabular policy")
     _add_dataclass_flags(demo, DemoConfig)

@@ -61,7 +61,14 @@ from grpo_jax.trainer.lora import base_pointer, check_base, fingerprint, samplin
 from grpo_jax.trainer.nonfinite import NonFiniteGuard
 from grpo_jax.trainer.reduction import mean_over_updates
 from grpo_jax.trainer.sft import run_sft
-from grpo_jax.trainer.state import abstract_train_state, build_optimizer, create_state, state_shardings
+from grpo_jax.trainer.state import (
+    abstract_train_state,
+    build_optimizer,
+    checkpoint_tree,
+    create_state,
+    from_checkpoint_tree,
+    state_shardings,
+)
 from grpo_jax.trainer.step import (
     compile_counts,
     grpo_objective,
@@ -238,7 +245,7 @@ class GRPOTrainer:
         _free(params)  # before the restored parameters arrive
         while True:
             try:
-                state, meta = self.checkpointer.restore(target, step=step)
+                state, meta = self.checkpointer.restore(checkpoint_tree(target), step=step)
                 break
             except CheckpointDamagedError as e:  # unreadable although its files are all there (corrupt in place)
                 if not config.run.resume_fallback:
@@ -248,6 +255,7 @@ class GRPOTrainer:
                 step = self.checkpointer.resume_step(fallback=True)
                 if step is None:
                     raise
+        state = from_checkpoint_tree(state)
         self.resumed = True
         self.stream.restore(meta["data"])
         self.start_step = int(meta["step"])
@@ -527,7 +535,7 @@ class GRPOTrainer:
 
     def _save(self, step: int, metrics: dict[str, Any]) -> None:
         """Checkpoint ``step``: the state without a LoRA run's frozen base (its pointer is in the meta)."""
-        self.checkpointer.save(step, self.state.replace(frozen=None), self._meta(step, metrics))
+        self.checkpointer.save(step, checkpoint_tree(self.state), self._meta(step, metrics))
 
     def _eval(self, step: int) -> dict[str, float]:
         start = time.perf_counter()
@@ -618,5 +626,5 @@ def restore_params(ctx: RunContext, params: Any, step: int | None = None) -> tup
         if step is None:  # the newest; if it is damaged, the error names the intact step to pass instead
             step = ckpt.resume_step(fallback=False)
         check_base(ckpt.restore_meta(step), fingerprint(frozen), ctx.output_dir)
-        state, meta = ckpt.restore(target, step=step)
-    return state.replace(frozen=frozen).policy_params(), int(meta["step"])
+        tree, meta = ckpt.restore(checkpoint_tree(target), step=step)
+    return from_checkpoint_tree(tree).replace(frozen=frozen).policy_params(), int(meta["step"])

@@ -22,6 +22,7 @@ model without adapters: the same arrays, so the KL penalty costs no second copy 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.struct
@@ -51,6 +52,25 @@ class TrainState:
     def reference_params(self) -> Any:
         """The reference policy's parameters: the frozen base under LoRA, else ``ref_params``."""
         return self.ref_params if self.frozen is None else self.frozen
+
+
+def checkpoint_tree(state: TrainState) -> dict[str, Any]:
+    """``state`` as a checkpoint holds it: its fields by name, the frozen base left out (None: it is the model the
+    run was built from), and the critic (as such a tree too) only when there is one, so that the critic-free
+    algorithms' checkpoints keep the layout of those written before PPO existed, and both read back."""
+    tree = {field.name: getattr(state, field.name) for field in dataclasses.fields(state)}
+    tree["frozen"] = None
+    if state.critic is None:
+        del tree["critic"]
+    else:
+        tree["critic"] = checkpoint_tree(state.critic)
+    return tree
+
+
+def from_checkpoint_tree(tree: dict[str, Any]) -> TrainState:
+    """The TrainState of a restored ``checkpoint_tree`` (frozen None: the caller joins the base again)."""
+    critic = tree.get("critic")
+    return TrainState(**{**tree, "critic": None if critic is None else from_checkpoint_tree(critic)})
 
 
 def learning_rate_schedule(config: OptimizerConfig, total_updates: int) -> optax.Schedule:
