@@ -87,7 +87,8 @@ def _train(args: argparse.Namespace) -> int:
         sft_dir = storage.join(ctx.output_dir, "sft")
         if storage.exists(storage.join(sft_dir, "metrics.jsonl")):
             print("SFT warm-up:\n" + summarize(read_metrics(sft_dir)))
-        print("GRPO:\n" + summarize(read_metrics(ctx.output_dir)))
+        algorithm = {"grpo": "GRPO", "rloo": "RLOO", "reinforce++": "REINFORCE++", "ppo": "PPO"}[config.grpo.algorithm]
+        print(f"{algorithm}:\n" + summarize(read_metrics(ctx.output_dir)))
         print(f"outputs in {ctx.output_dir}: {', '.join(_outputs(ctx))}")
     return 0
 

@@ -11,7 +11,7 @@ from trainer_runs import tiny_config
 
 from grpo_jax.metrics import read_metrics
 from grpo_jax.rewards import RewardSpec
-from grpo_jax.trainer import ConfigError, build_context, train
+from grpo_jax.trainer import ConfigError, build_context, restore_params, train
 from grpo_jax.trainer.advantages import token_advantages, token_rewards
 from grpo_jax.trainer.loop import GRPOTrainer
 
@@ -74,6 +74,10 @@ def test_ppo_resume_is_bit_identical_with_the_critic_and_its_optimizer(tmp_path,
     assert leaves and any(np.any(np.asarray(x) != 0) for x in leaves)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(x, y)
+    # eval and export read the policy out of a checkpoint that also holds the critic
+    exported = jax.device_get(restore_params(*build_context(config, str(tmp_path / "resumed")))[0])
+    for x, y in zip(jax.tree.leaves(exported), jax.tree.leaves(a.params), strict=True):
+        np.testing.assert_array_equal(x, y)
 
 
 def _sevens(completions, **_):
@@ -130,3 +134,13 @@ def test_critic_free_baselines_train(tmp_path, overrides):
 def test_bad_algorithm_settings_are_config_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):
         tiny_config(*overrides)
+
+
+def test_ppo_with_lora_reads_the_policy_trunk_under_its_adapters(tmp_path):
+    config = tiny_config(*PPO, "ppo.critic=head", "model.lora_rank=4", "max_steps=2", "eval_examples=0",
+                         "save_steps=0", "plot=false")
+    train(config, output_dir=str(tmp_path))
+    records = read_metrics(tmp_path)
+    assert records[-1]["params/critic"] == config.model.hidden_size + 1
+    assert records[-1]["params/trainable"] < records[-1]["params/total"]  # only the adapters train
+    assert all(np.isfinite(r["critic/value_loss"]) and np.isfinite(r["loss"]) for r in records)

@@ -491,7 +491,7 @@ class GRPOTrainer:
         update_s = time.perf_counter() - update_start
         updates, critic_updates = device_metrics["updates"], device_metrics["critic"]
         nonfinite_codes = [int(update.pop("nonfinite").value) for update in updates + critic_updates]
-        applied = [u for u, code in zip(updates, nonfinite_codes, strict=False) if code == 0]
+        applied = [u for u, code in zip(updates, nonfinite_codes[:len(updates)], strict=True) if code == 0]
         critic_applied = [u for u, code in zip(critic_updates, nonfinite_codes[len(updates):], strict=True)
                           if code == 0]
         # the tokens each update pass attends: the prompt once per completion, and the completions
