@@ -49,7 +49,8 @@ def _full_state(config, run_dir):
 
 
 def test_ppo_resume_is_bit_identical_with_the_critic_and_its_optimizer(tmp_path, monkeypatch):
-    config = tiny_config(*PPO, "save_steps=1", "num_iterations=2", "kl_penalty=reward", "eval_examples=0")
+    config = tiny_config(*PPO, "data.batch_size=32", "num_minibatches=2", "gradient_accumulation_steps=2",
+                         "save_steps=1", "num_iterations=2", "kl_penalty=reward", "eval_examples=0")
     train(config, output_dir=str(tmp_path / "whole"))
     original = GRPOTrainer.step
 
@@ -69,7 +70,7 @@ def test_ppo_resume_is_bit_identical_with_the_critic_and_its_optimizer(tmp_path,
             assert a.get(key) == b.get(key), (a["step"], key)
     assert whole[-1]["critic/value_loss"] > 0 and whole[-1]["params/critic"] > whole[-1]["params/total"]
     a, b = _full_state(config, tmp_path / "whole"), _full_state(config, tmp_path / "resumed")
-    assert int(a.critic.step) == 4 * 2  # mu = 2 critic updates per step
+    assert int(a.critic.step) == 4 * 2 * 2  # mu = 2 passes over 2 minibatches per step
     leaves = jax.tree.leaves(a.critic.opt_state)
     assert leaves and any(np.any(np.asarray(x) != 0) for x in leaves)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):

@@ -380,8 +380,9 @@ class PPOConfig:
       train (the trunk is the policy's, under stop-gradient): no second model, a linear critic.
     gamma / lam: GAE's discount and lambda over completion tokens (grpo_jax.losses.gae_advantages).
     value_clip: the clipped value loss's range around the values that scored the batch (0 = unclipped).
-    critic_learning_rate: the critic's peak learning rate (None = optimizer.learning_rate), with the
-      optimizer section's schedule, warm-up, betas and clipping.
+    critic_learning_rate: the critic's peak learning rate (None = optimizer.learning_rate; never scaled by
+      optimizer.lora_lr_scale, the critic has no adapters), with the optimizer section's schedule, warm-up,
+      betas and clipping.
     critic_warmup_steps: the first N steps train the critic only (the policy is not updated).
     whiten_advantages: z-score the GAE advantages over the batch's tokens (grpo_jax.losses.batch_normalized_advantages).
     """
