@@ -137,8 +137,9 @@ def run_figures(run_dir: str) -> dict[str, Any]:
 
 
 def summarize_algorithm(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """One algorithm over its seeds: final and mid-run held-out accuracy (mean, min, max), each phase's mean of
-    the per-run medians, and the first seed's memory figures (the same program and shapes in every seed)."""
+    """One algorithm over its seeds: held-out accuracy at the start and the end (means; min and max at the end),
+    each phase's mean of the per-run medians, and the first seed's memory figures (the same programs and shapes
+    in every seed)."""
     finals = [run["curve"][-1]["accuracy"] for run in runs]
     starts = [run["curve"][0]["accuracy"] for run in runs]
     phases = {name: statistics.mean(run["phases_s"][name] for run in runs) for name in runs[0]["phases_s"]}
