@@ -87,12 +87,13 @@ def test_the_training_programs_are_counted_by_name():
     ids = np.arange(2 * 7, dtype=np.int32).reshape(2, 7) % config.vocab_size
     batch = {"input_ids": ids, "attention_mask": np.ones_like(ids), "completion_mask": np.ones((2, 3), np.float32)}
     before = compile_counts()
-    assert set(before) == {"logprobs", "grpo_update", "sft_update"}
+    assert set(before) == {"logprobs", "values", "grpo_update", "critic_update", "sft_update"}
     for _ in range(2):  # the second round: the same programs, nothing compiles
         logprobs(state.params, ids, batch["attention_mask"], 3)
         state, _ = update(state, batch)
         after = compile_counts()
-        assert {k: after[k] - before[k] for k in after} == {"logprobs": 1, "grpo_update": 0, "sft_update": 1}
+        assert {k: after[k] - before[k] for k in after} == {"logprobs": 1, "values": 0, "grpo_update": 0,
+                                                            "critic_update": 0, "sft_update": 1}
 
 
 def test_a_persistent_cache_hit_is_counted(tmp_path):
