@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from trainer_runs import params_equal, tiny_config
+from trainer_runs import params_equal, tiny_config, train_until_crash
 
 from grpo_jax import cli
 from grpo_jax.errors import ConfigError
@@ -64,17 +64,7 @@ def test_only_the_adapters_train_and_reach_the_checkpoint(lora_run):
 
 def test_resume_is_bit_identical(lora_run, tmp_path, monkeypatch):
     config, _, reference, final = lora_run
-    original = GRPOTrainer.step
-
-    def crash_at_3(self, step):
-        if step == 3:
-            raise KeyboardInterrupt("simulated crash")
-        return original(self, step)
-
-    monkeypatch.setattr(GRPOTrainer, "step", crash_at_3)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, output_dir=str(tmp_path))
-    monkeypatch.setattr(GRPOTrainer, "step", original)
+    train_until_crash(config, str(tmp_path), monkeypatch)
     train(config, output_dir=str(tmp_path), resume=True)
     resumed = read_metrics(tmp_path)
     for a, b in zip(reference, resumed, strict=True):

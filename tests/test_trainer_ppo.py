@@ -7,7 +7,7 @@ import dataclasses
 import jax
 import numpy as np
 import pytest
-from trainer_runs import tiny_config
+from trainer_runs import tiny_config, train_until_crash
 
 from grpo_jax.metrics import read_metrics
 from grpo_jax.rewards import RewardSpec
@@ -52,17 +52,7 @@ def test_ppo_resume_is_bit_identical_with_the_critic_and_its_optimizer(tmp_path,
     config = tiny_config(*PPO, "data.batch_size=32", "num_minibatches=2", "gradient_accumulation_steps=2",
                          "save_steps=1", "num_iterations=2", "kl_penalty=reward", "eval_examples=0")
     train(config, output_dir=str(tmp_path / "whole"))
-    original = GRPOTrainer.step
-
-    def crash_at_3(self, step):
-        if step == 3:
-            raise KeyboardInterrupt("simulated crash")
-        return original(self, step)
-
-    monkeypatch.setattr(GRPOTrainer, "step", crash_at_3)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, output_dir=str(tmp_path / "resumed"))
-    monkeypatch.setattr(GRPOTrainer, "step", original)
+    train_until_crash(config, str(tmp_path / "resumed"), monkeypatch)
     train(config, output_dir=str(tmp_path / "resumed"), resume=True)
     whole, resumed = read_metrics(tmp_path / "whole"), read_metrics(tmp_path / "resumed")
     for a, b in zip(whole, resumed, strict=True):

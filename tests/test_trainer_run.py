@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 from subprocess_lines import LineReader
-from trainer_runs import params_equal, tiny_config
+from trainer_runs import params_equal, tiny_config, train_until_crash
 
 from grpo_jax.metrics import read_metrics
 from grpo_jax.rewards import RewardSpec
@@ -75,17 +75,7 @@ def test_logprob_gap_in_bfloat16_at_mu_1(tmp_path):
 
 def test_resume_after_a_crash_is_bit_identical(uninterrupted, tmp_path, monkeypatch):
     config, _, reference, final = uninterrupted
-    original = GRPOTrainer.step
-
-    def crash_at_3(self, step):
-        if step == 3:
-            raise KeyboardInterrupt("simulated crash")
-        return original(self, step)
-
-    monkeypatch.setattr(GRPOTrainer, "step", crash_at_3)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, output_dir=str(tmp_path))
-    monkeypatch.setattr(GRPOTrainer, "step", original)
+    train_until_crash(config, str(tmp_path), monkeypatch)
     with pytest.raises(FileExistsError, match="pass --resume"):
         train(config, output_dir=str(tmp_path))
     train(config, output_dir=str(tmp_path), resume=True)

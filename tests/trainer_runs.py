@@ -38,3 +38,24 @@ def params_equal(a, b) -> bool:
 
     return all(np.array_equal(np.asarray(x), np.asarray(y))
                for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+def train_until_crash(config: TrainConfig, output_dir: str, monkeypatch, *, at_step: int = 3) -> None:
+    """Train ``config`` into ``output_dir`` until a simulated crash (KeyboardInterrupt) at the start of step
+    ``at_step``; the checkpoints written before it stay, for a resume test."""
+    import pytest
+
+    from grpo_jax.trainer import train
+    from grpo_jax.trainer.loop import GRPOTrainer
+
+    original = GRPOTrainer.step
+
+    def crash(self, step):
+        if step == at_step:
+            raise KeyboardInterrupt("simulated crash")
+        return original(self, step)
+
+    monkeypatch.setattr(GRPOTrainer, "step", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, output_dir=output_dir)
+    monkeypatch.setattr(GRPOTrainer, "step", original)
