@@ -66,6 +66,11 @@ class SamplingConfig:
     greedy: argmax decoding (eval); ignores temperature, top_p, top_k for the choice of token.
     eos_token_ids: tokens that end a completion (EOS plus extra stop ids); the stop token is kept and
       counts in the mask.
+    stop_sequences: token-id sequences that end a completion as an EOS token does: a row is done as soon as
+      its last len(s) generated tokens equal some s (only tokens generated in this call count, not the
+      prompt); the sequence's tokens are kept and count in the mask. For tool calls: generation stops at a
+      marker such as a tokenized "</py>". A single-token sequence is the same as adding its id to
+      eos_token_ids; a sequence longer than max_new_tokens never ends a completion.
     pad_token_id: written after a completion ends and used to pad prompts.
     prompt_length_buckets, batch_buckets: ascending sizes prompts and batches are padded up to; beyond
       the largest, sizes round up to a multiple of it.
@@ -99,6 +104,7 @@ class SamplingConfig:
     top_k: int = 0
     greedy: bool = False
     eos_token_ids: tuple[int, ...] = ()
+    stop_sequences: tuple[tuple[int, ...], ...] = ()
     pad_token_id: int = 0
     prompt_length_buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048)
     batch_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -114,6 +120,7 @@ class SamplingConfig:
             value = getattr(self, name)
             value = (value,) if isinstance(value, (int, np.integer)) else tuple(int(x) for x in value)
             object.__setattr__(self, name, value)
+        object.__setattr__(self, "stop_sequences", _stop_sequences(fn, self.stop_sequences))
         v.as_int(fn, "num_generations", self.num_generations, minimum=1)
         v.as_int(fn, "max_new_tokens", self.max_new_tokens, minimum=1)
         v.as_int(fn, "top_k", self.top_k, minimum=0)
@@ -133,6 +140,27 @@ class SamplingConfig:
                 raise ValueError(f"{fn}: `{name}` must be strictly ascending positive sizes, got {buckets}")
         if any(t < 0 for t in self.eos_token_ids):
             raise ValueError(f"{fn}: `eos_token_ids` must be token ids >= 0, got {self.eos_token_ids}")
+
+
+def _stop_sequences(fn: str, value: Any) -> tuple[tuple[int, ...], ...]:
+    """``stop_sequences`` as a tuple of tuples of ints (lists accepted), each non-empty, of ids >= 0."""
+    scalar = lambda x: isinstance(x, (str, bytes, int, np.integer)) or not hasattr(x, "__iter__")  # noqa: E731
+    if scalar(value):
+        raise TypeError(f"{fn}: `stop_sequences` must be a sequence of token-id sequences, e.g. [[27, 14, 29]], "
+                        f"got {value!r}")
+    sequences = []
+    for i, seq in enumerate(value):
+        if scalar(seq):
+            raise TypeError(f"{fn}: `stop_sequences`[{i}] must be a sequence of token ids, got {seq!r}")
+        seq = tuple(seq)
+        if not seq:
+            raise ValueError(f"{fn}: `stop_sequences`[{i}] is empty; a stop sequence needs at least one token id")
+        try:
+            ids = tuple(v.as_int(fn, "stop_sequences", t, minimum=0) for t in seq)
+        except ValueError:
+            raise ValueError(f"{fn}: `stop_sequences`[{i}] must hold token ids (ints >= 0), got {seq!r}") from None
+        sequences.append(ids)
+    return tuple(sequences)
 
 
 def same_tokens_fields() -> tuple[str, ...]:
@@ -360,6 +388,14 @@ def _generate_program(model: Transformer, config: SamplingConfig, params, prompt
     kv_mask = rows(jnp.zeros((n, ends[0]), jnp.int32), ("batch", "length"))
     first_position = jnp.repeat(jnp.sum(prompt_mask, axis=1), num_generations)  # rotary position of token 0
 
+    # stop sequences: single tokens act as EOS ids; longer ones are grouped by length (one slice per length),
+    # and those that cannot fit in max_new_tokens are dropped
+    stop_ids = config.eos_token_ids + tuple(s[0] for s in config.stop_sequences if len(s) == 1)
+    longer_stops: dict[int, list[tuple[int, ...]]] = {}
+    for s in config.stop_sequences:
+        if 1 < len(s) <= new:
+            longer_stops.setdefault(len(s), []).append(s)
+
     def keep_going(state: DecodeState, end: int):
         return (state.step < end) & ~jnp.all(state.done)
 
@@ -369,7 +405,14 @@ def _generate_program(model: Transformer, config: SamplingConfig, params, prompt
         token, lp, plp = _choose(state.last_logits, sub, config)
         live = ~state.done & (t < new)  # steps past max_new_tokens (the last chunk's) change nothing
         token = jnp.where(live, token, config.pad_token_id).astype(jnp.int32)
-        done = state.done | (live & jnp.isin(token, jnp.asarray(config.eos_token_ids, jnp.int32)))
+        done = state.done | (live & jnp.isin(token, jnp.asarray(stop_ids, jnp.int32)))
+        for k, sequences in longer_stops.items():  # the stop sequences of k > 1 tokens that end at step t
+            previous = jax.lax.dynamic_slice_in_dim(state.tokens, t - (k - 1), k - 1, axis=1)  # [N, k - 1]
+            table = jnp.asarray(sequences, jnp.int32)  # [S, k]
+            ends_here = jnp.any(jnp.all(previous[:, None] == table[:, :-1], axis=-1)
+                                & (token[:, None] == table[:, -1]), axis=-1)
+            # before step k - 1 the slice's start is clamped to 0 and would compare the wrong tokens
+            done = done | (live & ends_here & (t >= k - 1))
         kv_mask = state.kv_mask.at[:, t].set(live.astype(state.kv_mask.dtype))
         weights = params
         if layout is not None and not config.gather_params_once:
