@@ -113,3 +113,20 @@ def test_validate_example_errors():
     with pytest.raises(TypeError, match="an example must be a dict"):
         validate_example(["prompt"])
     assert prompt_text(user_prompt("b", system="a")) == "a\nb"
+
+
+def test_products_task_operands_answers_and_determinism():
+    from grpo_jax.data import ProductsTask, products_example
+
+    task = ProductsTask(400, seed=3, template="What is {expression}?")
+    digits = set()
+    for example in task:
+        a, b = (int(x) for x in example["expression"].split(" * "))
+        digits |= {len(str(a)), len(str(b))}
+        assert example["answer"] == example["final_answer"] == str(a * b)
+        assert example["prompt"] == f"What is {a} * {b}?" and example["tool_code"] == example["expression"]
+    assert digits == {4, 5, 6}
+    assert task[7] == products_example(7, seed=3, template="What is {expression}?")
+    assert products_example(7, seed=4) != products_example(7, seed=3)
+    with pytest.raises(ValueError, match="template"):
+        ProductsTask(3, template="no expression")

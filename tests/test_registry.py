@@ -29,7 +29,7 @@ from grpo_jax.trainer.registry import (
 from grpo_jax.trainer.tasks import check_reward_fields, load_examples, reward_specs, step_reward_fn
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-BUILTIN_TASKS = ("arithmetic", "gsm8k_jsonl", "gsm8k_tfds", "math", "jsonl", "humaneval", "reasoning_gym")
+BUILTIN_TASKS = ("arithmetic", "products", "gsm8k_jsonl", "gsm8k_tfds", "math", "jsonl", "humaneval", "reasoning_gym")
 BUILTIN_REWARDS = ("math", "format", "format_lenient", "code", "reasoning_gym")
 BUILTIN_STEP_REWARDS = ("arithmetic_steps",)
 GSM8K_RECORD = {"question": "Tom has 3 apples and buys 4 more. How many?", "answer": "3 + 4 = <<3+4=7>>7\n#### 7"}

@@ -103,9 +103,10 @@ class ArithmeticConfig:
         return cls(**{**preset, **overrides})
 
 
-def _rng(seed: int, index: int) -> random.Random:
-    # A hash of (seed, index) seeds a private generator: independent streams per example, stable across
-    # Python versions (random.Random(int) and randint are stable).
+def example_rng(seed: int | str, index: int) -> random.Random:
+    """Example ``index``'s own generator: a hash of (seed, index) seeds it, so streams are independent per
+    example and stable across Python versions (random.Random(int) and randint are stable). A task other than
+    arithmetic puts its name in ``seed`` ("products:0") to get streams of its own."""
     digest = hashlib.sha256(f"grpo_jax.arithmetic:{seed}:{index}".encode()).digest()
     return random.Random(int.from_bytes(digest[:16], "little"))
 
@@ -168,7 +169,7 @@ def arithmetic_example(index: int, *, seed: int = 0, config: ArithmeticConfig | 
     if not isinstance(index, int) or index < 0:
         raise ValueError(f"arithmetic_example: `index` must be an int >= 0, got {index!r}")
     config = config or ArithmeticConfig()
-    rng = _rng(seed, index)
+    rng = example_rng(seed, index)
     for _ in range(_MAX_TRIES):
         n = rng.randint(config.min_operands, config.max_operands)
         operators = [rng.choice(config.operators) for _ in range(n - 1)]

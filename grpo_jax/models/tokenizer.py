@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from grpo_jax.errors import ConfigError, InputNotFoundError
@@ -82,3 +83,17 @@ def render_prompt(tokenizer: Any, prompt: str | list[dict[str, str]], *, chat_te
             messages = messages[1:]
         messages = [{"role": "system", "content": system}] + messages
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def token_end(tokenizer: Any, tokens: Sequence[int], char_end: int, *, skip_special_tokens: bool = True) -> int:
+    """Index of the token whose decoded prefix first reaches ``char_end`` characters (clipped to the last
+    token): where a span that ends at that character offset of the decoded text ends (a step of a completion,
+    a tool call). Decoded as ``tokenizer.decode(..., skip_special_tokens=skip_special_tokens)``."""
+    lo, hi = 0, len(tokens) - 1
+    while lo < hi:  # the decoded length of a prefix grows with the prefix: binary search
+        mid = (lo + hi) // 2
+        if len(tokenizer.decode(list(tokens[:mid + 1]), skip_special_tokens=skip_special_tokens)) >= char_end:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo

@@ -7,6 +7,7 @@ One dataclass per concern, composed into ``TrainConfig``:
   grpo       GRPOConfig      the algorithm (GRPO, RLOO, REINFORCE++ or PPO): mu, clipping, KL, aggregation, rewards
   ppo        PPOConfig       PPO's critic and GAE (used when grpo.algorithm = "ppo")
   sampling   SamplingConfig  how completions are drawn: G, length, temperature, top-p / top-k, how the sampler runs
+  tools      ToolConfig      tool calls during rollouts: the Python interpreter, its call format and limits
   optimizer  OptimizerConfig AdamW, schedule, clipping, gradient accumulation
   sft        SFTConfig       an optional supervised warm-up before GRPO
   run        RunConfig       steps, seed, mesh, eval / checkpoint / logging cadence, output directory
@@ -53,6 +54,7 @@ from grpo_jax.models.lora import DEFAULT_TARGETS as DEFAULT_LORA_TARGETS
 from grpo_jax.models.lora import LoraConfig
 from grpo_jax.models.lora import check_targets as check_lora_targets
 from grpo_jax.sampling import SamplingConfig
+from grpo_jax.tools.config import ToolConfig
 from grpo_jax.trainer.registry import REWARDS, STEP_REWARDS, TASKS  # names are validated against the registries
 
 LOSS_TYPES = {"grpo": "seq-mean-token-mean", "dapo": "token-mean", "bnpo": "token-mean",
@@ -449,12 +451,17 @@ class SFTConfig:
 
     steps: optimizer steps; batch_size: examples per step; learning_rate: peak (cosine decay, 5% warm-up).
     answer_field: the example field used as the target completion (followed by EOS).
+    tool_code_field: with tool calls on (tools.max_tool_calls > 0), an example field holding code that computes
+      the answer: the targets are then tool-use traces, the call (tools.call_start, the code, tools.call_end),
+      the tool's output (``answer_field``, as the tool would print it) and the answer. The tool's text is
+      attended but not trained on, as in GRPO. None: the answer alone.
     """
 
     steps: int = 0
     batch_size: int = 64
     learning_rate: float = 1e-3
     answer_field: str = "final_answer"
+    tool_code_field: str | None = None
 
     def __post_init__(self):
         _check_types("sft", self)
@@ -568,7 +575,8 @@ def parse_mesh(spec: str, *, field: str = "run.mesh") -> dict[str, int]:
 
 
 SECTIONS = {"model": ModelSpec, "data": DataConfig, "grpo": GRPOConfig, "ppo": PPOConfig,
-            "sampling": SamplingConfig, "optimizer": OptimizerConfig, "sft": SFTConfig, "run": RunConfig}
+            "sampling": SamplingConfig, "tools": ToolConfig, "optimizer": OptimizerConfig, "sft": SFTConfig,
+            "run": RunConfig}
 
 # TRL's spellings of the sampler settings (TRL keeps them in its GRPOConfig) -> their one home. Accepted in
 # overrides (dotted, or bare where the bare name is not a field elsewhere) and in config dicts, so config.json
@@ -604,6 +612,7 @@ class TrainConfig:
     grpo: GRPOConfig = GRPOConfig()
     ppo: PPOConfig = PPOConfig()
     sampling: SamplingConfig = SamplingConfig()
+    tools: ToolConfig = ToolConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     sft: SFTConfig = SFTConfig()
     run: RunConfig = RunConfig()
@@ -687,6 +696,18 @@ def _check_cross_section(config: TrainConfig) -> None:
     if grpo.algorithm == "ppo" and config.model.lora_rank and config.ppo.critic == "copy":
         raise ConfigError("grpo.algorithm='ppo' with LoRA (model.lora_rank > 0) and ppo.critic='copy' would train a "
                           "full-size critic beside frozen adapters' base; set ppo.critic=head")
+    if config.sft.tool_code_field is not None and not config.tools.enabled:
+        raise ConfigError(f"sft.tool_code_field={config.sft.tool_code_field!r} makes tool-use traces, but tools are "
+                          "off (tools.max_tool_calls=0); set tools.max_tool_calls >= 1 or unset sft.tool_code_field")
+    if config.tools.enabled:
+        token_level = [f"{name}={value!r}" for name, value, on in (
+            ("grpo.algorithm", grpo.algorithm, grpo.algorithm == "ppo"),
+            ("grpo.kl_penalty", grpo.kl_penalty, grpo.kl_penalty == "reward"),
+            ("grpo.step_reward", grpo.step_reward, grpo.step_reward is not None)) if on]
+        if token_level:
+            raise ConfigError(f"tools.max_tool_calls={config.tools.max_tool_calls} with {', '.join(token_level)}: "
+                              "per-token advantages over trajectories with tool turns are not supported yet; use "
+                              "grpo, rloo or reinforce++ with outcome rewards and the KL in the loss")
     if sampling.greedy:
         raise ConfigError("sampling.greedy=True would give every completion of a group the same tokens (no signal); "
                           "training samples, and evaluation decodes greedily on its own")

@@ -86,7 +86,7 @@ class RunContext:
                         self.config.grpo.accuracy_reward_name,
                         prompt_texts=[self.render(e) for e in self.eval_examples],
                         add_special_tokens=self.add_special_tokens, batch_size=run.eval_batch_size,
-                        num_samples=run.eval_num_samples)
+                        num_samples=run.eval_num_samples, tools=self.config.tools)
 
 
 def _prompt_length(tokenizer: Any, render: Callable[[Example], str], add_special_tokens: bool, prompt) -> int:

@@ -19,6 +19,7 @@ from grpo_jax.data import Example
 from grpo_jax.distributed import scatter_rows, sum_over_hosts
 from grpo_jax.rewards import RewardSpec, extract_answer, math_reward
 from grpo_jax.sampling import SamplingConfig
+from grpo_jax.tools.config import ToolConfig
 from grpo_jax.trainer.rollout import Rollout, rollout
 
 SOLVED = 1.0 - 1e-6  # a reward at least this large counts as solved
@@ -51,26 +52,29 @@ def majority_correct(texts: Sequence[str], solved: np.ndarray) -> bool:
 
 def evaluate(model, params, tokenizer, examples: Sequence[Example], key: jax.Array, sampling: SamplingConfig,
              specs: Sequence[RewardSpec], accuracy_reward: str, *, prompt_texts: Sequence[str],
-             add_special_tokens: bool, batch_size: int, num_samples: int = 0) -> dict[str, float]:
+             add_special_tokens: bool, batch_size: int, num_samples: int = 0,
+             tools: ToolConfig | None = None) -> dict[str, float]:
     """Eval metrics over ``examples`` ("eval/accuracy", "eval/reward_mean", "eval/length_mean", and with
     num_samples = k > 0 also "eval/pass@k" and, unless the accuracy reward is "code" (programs have no
-    final answer to vote on), "eval/maj@k")."""
+    final answer to vote on), "eval/maj@k"). With ``tools`` enabled the completions may call the tool, as in
+    training, and "eval/tool_calls_per_completion" counts the greedy completions' calls."""
     vote = accuracy_reward != "code"
     greedy = dataclasses.replace(sampling, num_generations=1, greedy=True)
-    solved, rewards, lengths, majority, any_solved = [], [], [], [], []
+    solved, rewards, lengths, majority, any_solved, calls = [], [], [], [], [], []
     for start in range(0, len(examples), batch_size):
         batch = [examples[i] for i in range(start, min(start + batch_size, len(examples)))]
         texts = prompt_texts[start:start + len(batch)]
         key, k_greedy, k_sample = jax.random.split(key, 3)
         r: Rollout = rollout(model, params, tokenizer, batch, k_greedy, greedy, specs, prompt_texts=texts,
-                             add_special_tokens=add_special_tokens)
+                             add_special_tokens=add_special_tokens, tools=tools)
         solved.append(r.per_reward[accuracy_reward] >= SOLVED)
         rewards.append(r.rewards)
-        lengths.append(r.completion_mask.sum(axis=1))
+        lengths.append(r.model_mask.sum(axis=1))
+        calls.append(r.tool_calls)
         if num_samples:
             sampled = dataclasses.replace(sampling, num_generations=num_samples, greedy=False)
             s = rollout(model, params, tokenizer, batch, k_sample, sampled, specs, prompt_texts=texts,
-                        add_special_tokens=add_special_tokens)
+                        add_special_tokens=add_special_tokens, tools=tools)
             ok = (s.per_reward[accuracy_reward] >= SOLVED).reshape(len(batch), num_samples)
             if vote:  # each host votes on the prompts whose samples it decoded (whole groups), then all gather
                 prompts = s.owned[::num_samples] // num_samples
@@ -84,6 +88,8 @@ def evaluate(model, params, tokenizer, examples: Sequence[Example], key: jax.Arr
         "eval/length_mean": float(np.concatenate(lengths).mean()),
         "eval/num_examples": len(examples),
     }
+    if tools is not None and tools.enabled:
+        out["eval/tool_calls_per_completion"] = float(np.concatenate(calls).mean())
     if num_samples and vote:
         out[f"eval/maj@{num_samples}"] = float(np.mean(majority))
     if num_samples:

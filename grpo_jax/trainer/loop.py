@@ -84,7 +84,7 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
 # the sections an exact resume needs unchanged (of ``sampling``, all but its SAME_TOKENS fields)
-RESUME_SECTIONS = ("model", "data", "grpo", "ppo", "sampling", "optimizer")
+RESUME_SECTIONS = ("model", "data", "grpo", "ppo", "sampling", "tools", "optimizer")
 
 
 def total_compiles() -> int:
@@ -282,7 +282,7 @@ class GRPOTrainer:
         if changed:
             raise ConfigError(
                 f"cannot resume {self.ctx.output_dir}: the config's section(s) {changed} differ from the checkpoint's; "
-                "an exact resume needs the same model, data, algorithm, sampling and optimizer settings"
+                "an exact resume needs the same model, data, algorithm, sampling, tool and optimizer settings"
             )
 
     # -- the stages of one step -------------------------------------------------------------------------
@@ -297,7 +297,8 @@ class GRPOTrainer:
             return rollout_lib.rollout(
                 *sampler_policy, ctx.tokenizer, examples, round_key, ctx.sampling, list(ctx.specs),
                 prompt_texts=texts, add_special_tokens=ctx.add_special_tokens,
-                overlong_buffer=self.grpo.overlong_buffer if self.grpo.overlong_penalty else None)
+                overlong_buffer=self.grpo.overlong_buffer if self.grpo.overlong_penalty else None,
+                tools=ctx.config.tools)
 
         sampler_policy = sampling_policy(ctx.model, self.state.policy_params(), ctx.config.model.lora_merged_sampling)
         key, round_key = jax.random.split(key)
@@ -445,9 +446,9 @@ class GRPOTrainer:
 
     def _rollout_metrics(self, rollout: rollout_lib.Rollout, advantages: np.ndarray) -> dict[str, float]:
         """The host's statistics of a scored rollout: rewards, accuracy, advantages, lengths."""
-        lengths = rollout.completion_mask.sum(axis=1)
+        lengths = rollout.model_mask.sum(axis=1)  # the model's tokens (a tool's output is not its length)
         # per completion (outcome) or per completion token (process supervision)
-        advantage_values = advantages if advantages.ndim == 1 else advantages[rollout.completion_mask > 0]
+        advantage_values = advantages if advantages.ndim == 1 else advantages[rollout.model_mask > 0]
         solved = rollout.per_reward[self.grpo.accuracy_reward_name] >= SOLVED
         grouped = rollout.rewards.reshape(-1, self.group_size)
         return {
@@ -463,6 +464,7 @@ class GRPOTrainer:
             "completion/truncated_frac": float(1.0 - rollout.finished.mean()),
             "tokens/sampled_per_s": float(lengths.sum() / max(rollout.sample_s, 1e-9)),
             "batch/prompt_length": int(rollout.prompt_ids.shape[1]),
+            **(tool_metrics(rollout) if self.ctx.config.tools.enabled else {}),
         }
 
     def step(self, step: int) -> dict[str, float]:
@@ -504,6 +506,7 @@ class GRPOTrainer:
             **(logprob_gap(device_metrics["gap"]) if device_metrics["gap"] else {}),
             "tokens/update_per_s": float(attended_tokens * self.grpo.num_iterations / max(update_s, 1e-9)),
             "time/sample_s": rollout.sample_s, "time/reward_s": rollout.reward_s,
+            **({"time/tools_s": rollout.tools_s} if self.ctx.config.tools.enabled else {}),
             "time/logprobs_s": update_start - logprobs_start, "time/update_s": update_s - critic_s,
             **({"time/critic_update_s": critic_s} if self.ppo is not None else {}),
             "compile/count": total_compiles(), "compile/new": total_compiles() - compiles_before,
@@ -577,6 +580,20 @@ class GRPOTrainer:
         if self.is_writer and run.plot:
             plot_metrics(self.ctx.output_dir)
         return last
+
+
+def tool_metrics(rollout: rollout_lib.Rollout) -> dict[str, float]:
+    """tools/*: calls per completion, errored calls (a count over the step), the share of completions that called
+    at least once or tried a call beyond the budget, and the tool's share of the trajectories' tokens."""
+    tokens = rollout.completion_mask.sum()
+    return {
+        "tools/calls_per_completion": float(rollout.tool_calls.mean()),
+        "tools/errors": int(rollout.tool_errors.sum()),
+        "tools/error_frac": float(rollout.tool_errors.sum() / max(rollout.tool_calls.sum(), 1)),
+        "tools/used_frac": float((rollout.tool_calls > 0).mean()),
+        "tools/over_budget_frac": float(rollout.tool_over_budget.mean()),
+        "tools/token_frac": float(rollout.tool_mask.sum() / max(tokens, 1)),
+    }
 
 
 def _free(params: Any) -> None:

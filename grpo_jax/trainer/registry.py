@@ -37,7 +37,15 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from grpo_jax.data import ArithmeticConfig, ArithmeticTask, Example, load_gsm8k_jsonl, load_humaneval, load_math
+from grpo_jax.data import (
+    ArithmeticConfig,
+    ArithmeticTask,
+    Example,
+    ProductsTask,
+    load_gsm8k_jsonl,
+    load_humaneval,
+    load_math,
+)
 from grpo_jax.errors import ConfigError
 from grpo_jax.rewards import code_reward, format_reward, math_reward
 from grpo_jax.rewards.steps import arithmetic_step_rewards
@@ -91,6 +99,10 @@ def _load_arithmetic(data: DataConfig) -> Sequence[Example]:
     return ArithmeticTask(data.num_examples, seed=data.seed, config=config)
 
 
+def _load_products(data: DataConfig) -> Sequence[Example]:
+    return ProductsTask(data.num_examples, seed=data.seed, template=data.arithmetic_template)
+
+
 def _load_gsm8k_jsonl(data: DataConfig) -> Sequence[Example]:
     return load_gsm8k_jsonl(data.path)
 
@@ -120,6 +132,9 @@ _MATH_FILES = Task(_load_math, "MATH-style JSONL or Parquet at data.path; answer
 TASKS: dict[str, Task] = {
     "arithmetic": Task(_load_arithmetic, 'procedural "a + b = ?" (grpo_jax.data.ArithmeticTask; data.difficulty, '
                                          "data.num_examples); answer"),
+    "products": Task(_load_products, 'procedural "48213 * 930177 = ?", operands of 4 to 6 digits, for tool calls '
+                                     "(grpo_jax.data.ProductsTask; data.num_examples, data.arithmetic_template); "
+                                     "answer, tool_code"),
     "gsm8k_jsonl": Task(_load_gsm8k_jsonl, "openai/grade-school-math JSONL at data.path; answer, final_answer",
                         needs_path=True),
     "gsm8k_tfds": Task(_load_gsm8k_tfds, "tensorflow-datasets' gsm8k (array_record, no TensorFlow) in the data_dir "

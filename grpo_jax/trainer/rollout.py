@@ -24,10 +24,12 @@ import numpy as np
 
 from grpo_jax.data import Example
 from grpo_jax.distributed import max_over_hosts, owned_rows, scatter_rows, sum_over_hosts, to_host
-from grpo_jax.models.tokenizer import render_prompt
+from grpo_jax.models.tokenizer import render_prompt, token_end
 from grpo_jax.rewards import RewardFailure, RewardSpec, overlong_penalty, score
 from grpo_jax.rewards.combine import FLOAT32_MAX
 from grpo_jax.sampling import SampleResult, SamplingConfig, bucket_size, generate
+from grpo_jax.tools.config import ToolConfig
+from grpo_jax.tools.multiturn import sample_with_tools
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +46,10 @@ class Rollout:
     texts: the decoded completions of the ``owned`` rows, in that order;
     failures: this process's reward failures (``index`` = row); num_failures: the count over all hosts.
     sample_s / reward_s: wall seconds spent sampling (incl. decoding to text) and scoring.
+    With tool calls (grpo_jax.tools): completion_mask marks every token of the trajectory (attended),
+    tool_mask [B*G, T] int32 the tool's tokens among them (context: no loss, no KL, not counted as length);
+    tool_calls / tool_errors [B*G] int32; tool_over_budget [B*G] bool; tools_s: wall seconds running calls
+    (sample_s is then the decoding alone). Without tools these are zeros.
     """
 
     examples: list[Example]
@@ -61,12 +67,28 @@ class Rollout:
     reward_s: float = 0.0
     owned: np.ndarray | None = None
     num_failures: int | None = None
+    tool_mask: np.ndarray | None = None
+    tool_calls: np.ndarray | None = None
+    tool_errors: np.ndarray | None = None
+    tool_over_budget: np.ndarray | None = None
+    tools_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.owned is None:
             self.owned = np.arange(len(self.tokens))
         if self.num_failures is None:
             self.num_failures = len(self.failures)
+        n = len(self.tokens)
+        if self.tool_mask is None:
+            self.tool_mask = np.zeros_like(self.completion_mask)
+        for name, dtype in (("tool_calls", np.int32), ("tool_errors", np.int32), ("tool_over_budget", bool)):
+            if getattr(self, name) is None:
+                setattr(self, name, np.zeros(n, dtype))
+
+    @property
+    def model_mask(self) -> np.ndarray:
+        """[B*G, T] int32: 1 on the tokens the model wrote (the actions: completion_mask without the tool's)."""
+        return self.completion_mask * (1 - self.tool_mask)
 
     @property
     def group_size(self) -> int:
@@ -98,9 +120,9 @@ def encode_prompts(tokenizer: Any, texts: Sequence[str], *, buckets: Sequence[in
 
 
 def decode_completions(tokenizer: Any, tokens: np.ndarray, mask: np.ndarray) -> list[str]:
-    """Completion texts (special tokens such as EOS dropped)."""
-    lengths = mask.sum(axis=1)
-    return tokenizer.batch_decode([row[:n].tolist() for row, n in zip(tokens, lengths, strict=True)],
+    """Completion texts of the tokens where ``mask`` [N, T] is 1 (special tokens such as EOS dropped). With a
+    trajectory's model mask this is the text the model wrote, the tool's output left out."""
+    return tokenizer.batch_decode([row[m > 0].tolist() for row, m in zip(tokens, mask, strict=True)],
                                   skip_special_tokens=True)
 
 
@@ -115,20 +137,31 @@ def example_columns(examples: Sequence[Example], group_size: int,
 
 def rollout(model, params, tokenizer, examples: list[Example], key: jax.Array, sampling: SamplingConfig,
             specs: Sequence[RewardSpec], *, prompt_texts: Sequence[str], add_special_tokens: bool,
-            overlong_buffer: int | None = None) -> Rollout:
+            overlong_buffer: int | None = None, tools: ToolConfig | None = None) -> Rollout:
     """Sample ``sampling.num_generations`` completions for each example and score them.
 
     ``overlong_buffer``: add DAPO's soft overlong penalty (max_length = max_new_tokens) to the total reward.
+    ``tools``: with ``tools.max_tool_calls > 0`` the completions may call the Python tool
+    (grpo_jax.tools.multiturn); the rewards read only the text the model wrote, so a tool's output can never
+    be scored as an answer, and the tool's shaping rewards (``tool_errors``, ``tool_budget``) are added.
     """
     t0 = time.perf_counter()
     group_size = sampling.num_generations
     ids, mask = encode_prompts(tokenizer, prompt_texts, buckets=sampling.prompt_length_buckets,
                                pad_id=sampling.pad_token_id, add_special_tokens=add_special_tokens)
-    result: SampleResult = generate(model, params, ids, mask, key, sampling)
-    tokens, cmask, plp, finished = to_host((result.tokens, result.mask, result.policy_logprobs, result.finished))
+    if tools is not None and tools.enabled:
+        traj = sample_with_tools(model, params, tokenizer, ids, mask, key, sampling, tools)
+        tokens, cmask, plp, finished, owned = traj.tokens, traj.mask, traj.policy_logprobs, traj.finished, traj.owned
+        tool_fields = dict(tool_mask=traj.tool_mask, tool_calls=traj.tool_calls, tool_errors=traj.tool_errors,
+                           tool_over_budget=traj.over_budget, tools_s=traj.tools_s)
+        model_mask = cmask * (1 - traj.tool_mask)
+    else:
+        result: SampleResult = generate(model, params, ids, mask, key, sampling)
+        tokens, cmask, plp, finished = to_host((result.tokens, result.mask, result.policy_logprobs, result.finished))
+        owned = owned_rows(result.tokens.sharding, len(tokens), group_size)
+        tool_fields, model_mask = {}, cmask
     n = len(tokens)
-    owned = owned_rows(result.tokens.sharding, n, group_size)
-    texts = decode_completions(tokenizer, tokens[owned], cmask[owned])
+    texts = decode_completions(tokenizer, tokens[owned], model_mask[owned])
     t1 = time.perf_counter()
     local_total, local_per_reward, failures = score(specs, texts, example_columns(examples, group_size, owned))
     failures = [dataclasses.replace(f, index=int(owned[f.index])) for f in failures]
@@ -139,14 +172,32 @@ def rollout(model, params, tokenizer, examples: list[Example], key: jax.Array, s
     })
     total, per_reward = merged["total"], merged["per_reward"]
     if overlong_buffer is not None:
-        lengths = cmask.sum(axis=1) + (~finished)  # a truncated completion counts as longer than the limit
+        # the model's own tokens; a truncated completion counts as longer than the limit
+        lengths = model_mask.sum(axis=1) + (~finished)
         penalty = np.asarray(overlong_penalty(lengths.tolist(), max_length=sampling.max_new_tokens,
                                               cache_length=min(overlong_buffer, sampling.max_new_tokens)), np.float32)
         per_reward["overlong"] = penalty
         total = total + penalty
+    for name, value in _tool_shaping(tools, tool_fields).items():
+        per_reward[name] = value
+        total = total + value
     return Rollout(list(examples), ids, mask, tokens, cmask, plp, finished, texts, total.astype(np.float32),
-                   per_reward, failures, sample_s=t1 - t0, reward_s=time.perf_counter() - t1, owned=owned,
-                   num_failures=int(merged["failures"][0]))
+                   per_reward, failures, sample_s=t1 - t0 - tool_fields.get("tools_s", 0.0),
+                   reward_s=time.perf_counter() - t1, owned=owned, num_failures=int(merged["failures"][0]),
+                   **tool_fields)
+
+
+def _tool_shaping(tools: ToolConfig | None, tool_fields: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The tool's shaping rewards that are on (non-zero): per completion, ``tools.error_reward`` per errored
+    call (``tool_errors``) and ``tools.budget_reward`` for a call beyond the budget (``tool_budget``)."""
+    if tools is None or not tools.enabled:
+        return {}
+    out = {}
+    if tools.error_reward:
+        out["tool_errors"] = (tools.error_reward * tool_fields["tool_errors"]).astype(np.float32)
+    if tools.budget_reward:
+        out["tool_budget"] = (tools.budget_reward * tool_fields["tool_over_budget"]).astype(np.float32)
+    return out
 
 
 def select_groups(rollouts: Sequence[Rollout], groups: Sequence[tuple[int, int]], pad_id: int) -> Rollout:
@@ -176,6 +227,9 @@ def select_groups(rollouts: Sequence[Rollout], groups: Sequence[tuple[int, int]]
         prompt_mask=np.stack([left_pad(rollouts[r].prompt_mask, 0)[i] for r, i in prompt_rows]),
         tokens=gather_rows("tokens"), completion_mask=gather_rows("completion_mask"),
         policy_logprobs=gather_rows("policy_logprobs"), finished=gather_rows("finished"),
+        tool_mask=gather_rows("tool_mask"), tool_calls=gather_rows("tool_calls"),
+        tool_errors=gather_rows("tool_errors"), tool_over_budget=gather_rows("tool_over_budget"),
+        tools_s=sum(r.tools_s for r in rollouts),
         texts=[text_of[(comp_src[k], int(comp_rows[k]))] for k in owned],
         rewards=gather_rows("rewards"),
         per_reward={k: np.stack([rollouts[r].per_reward[k][row] for r, row in zip(comp_src, comp_rows, strict=True)])
@@ -193,11 +247,14 @@ def informative_groups(rewards: np.ndarray, group_size: int) -> np.ndarray:
 
 
 def sequence_batch(r: Rollout, *, mask_truncated: bool) -> dict[str, np.ndarray]:
-    """input_ids / attention_mask [N, P + T] and completion_mask [N, T] of a rollout (see trainer.step)."""
+    """input_ids / attention_mask [N, P + T] and completion_mask [N, T] of a rollout (see trainer.step).
+
+    The attention mask covers every token of a completion, a tool's output included; ``completion_mask``
+    (the loss's and the KL's mask) only the tokens the model wrote."""
     group_size = r.group_size
     prompt_ids = np.repeat(r.prompt_ids, group_size, axis=0)
     prompt_mask = np.repeat(r.prompt_mask, group_size, axis=0)
-    loss_mask = r.completion_mask.astype(np.float32)
+    loss_mask = r.model_mask.astype(np.float32)
     if mask_truncated:
         loss_mask = loss_mask * r.finished[:, None]
     return {
@@ -205,19 +262,6 @@ def sequence_batch(r: Rollout, *, mask_truncated: bool) -> dict[str, np.ndarray]
         "attention_mask": np.concatenate([prompt_mask, r.completion_mask], axis=1).astype(np.int32),
         "completion_mask": loss_mask,
     }
-
-
-def token_end(tokenizer: Any, tokens: Sequence[int], char_end: int) -> int:
-    """Index of the token whose decoded prefix first reaches ``char_end`` characters (clipped to the last
-    token): where a step that ends at that character offset of the completion's text ends."""
-    lo, hi = 0, len(tokens) - 1
-    while lo < hi:  # the decoded length of a prefix grows with the prefix: binary search
-        mid = (lo + hi) // 2
-        if len(tokenizer.decode(list(tokens[:mid + 1]), skip_special_tokens=True)) >= char_end:
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
 
 
 def _step_reward(value: Any, completion: int, step: int) -> float:

@@ -19,6 +19,7 @@ import numpy as np
 from grpo_jax import storage
 from grpo_jax.errors import ConfigError, NonFiniteError
 from grpo_jax.metrics import METRICS_FILENAME, MetricsWriter
+from grpo_jax.tools.config import render_result
 from grpo_jax.trainer.config import OptimizerConfig
 from grpo_jax.trainer.context import RunContext
 from grpo_jax.trainer.lora import split_trained
@@ -31,29 +32,49 @@ from grpo_jax.trainer.step import make_update_fn, sft_objective
 logger = logging.getLogger(__name__)
 
 
-def sft_batch(ctx: RunContext, examples: list[dict], answer_field: str) -> dict[str, np.ndarray]:
-    """input_ids / attention_mask [N, P + T] and completion_mask [N, T] for ``prompt -> answer EOS``."""
-    t = ctx.sampling.max_new_tokens
-    pad = ctx.sampling.pad_token_id
+def target_segments(ctx: RunContext, example: dict, answer_field: str) -> list[tuple[list[int], bool]]:
+    """The target completion as (token ids, trained) segments: ``answer EOS``, or with sft.tool_code_field a
+    tool-use trace: the call (trained), the tool's output (context, not trained), then ``answer EOS``. Each
+    segment is tokenized on its own, as a rollout tokenizes the tool's text apart from the model's tokens."""
     # the tokenizer's own EOS (for chat models the turn end, e.g. <|im_end|>), else the first stop id
     eos = ctx.tokenizer.eos_token_id if ctx.tokenizer.eos_token_id is not None else ctx.sampling.eos_token_ids[0]
+    code_field, tools = ctx.config.sft.tool_code_field, ctx.config.tools
+
+    def ids(text: str) -> list[int]:
+        return ctx.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    for field in (answer_field, code_field):
+        if field is not None and field not in example:
+            name = "answer_field" if field == answer_field else "tool_code_field"
+            raise ConfigError(f"sft.{name}={field!r} is not a field of the task's examples (fields: {sorted(example)})")
+    answer = str(example[answer_field])
+    if code_field is None:
+        return [(ids(answer) + [eos], True)]
+    call = tools.call_start + str(example[code_field]) + tools.call_end
+    return [(ids(call), True), (ids(render_result(answer, tools)), False), (ids(answer) + [eos], True)]
+
+
+def sft_batch(ctx: RunContext, examples: list[dict], answer_field: str) -> dict[str, np.ndarray]:
+    """input_ids / attention_mask [N, P + T] and completion_mask [N, T] for ``prompt -> target`` (the target's
+    tokens attended, its trained segments in the loss: ``target_segments``), cut to max_new_tokens."""
+    t = ctx.sampling.max_new_tokens
+    pad = ctx.sampling.pad_token_id
     ids, mask = encode_prompts(ctx.tokenizer, [ctx.render(e) for e in examples],
                                buckets=ctx.sampling.prompt_length_buckets, pad_id=pad,
                                add_special_tokens=ctx.add_special_tokens)
     targets = np.full((len(examples), t), pad, np.int32)
     target_mask = np.zeros((len(examples), t), np.int32)
+    trained = np.zeros((len(examples), t), np.float32)
     for i, example in enumerate(examples):
-        if answer_field not in example:
-            raise ConfigError(f"sft.answer_field={answer_field!r} is not a field of the task's examples "
-                             f"(fields: {sorted(example)})")
-        row = ctx.tokenizer(str(example[answer_field]), add_special_tokens=False)["input_ids"] + [eos]
-        row = row[:t]
+        segments = target_segments(ctx, example, answer_field)
+        row = [token for seg, _ in segments for token in seg][:t]
         targets[i, :len(row)] = row
         target_mask[i, :len(row)] = 1
+        trained[i, :len(row)] = [float(train) for seg, train in segments for _ in seg][:t]
     return {
         "input_ids": np.concatenate([ids, targets], axis=1),
         "attention_mask": np.concatenate([mask, target_mask], axis=1),
-        "completion_mask": target_mask.astype(np.float32),
+        "completion_mask": trained,
     }
 
 
