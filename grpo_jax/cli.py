@@ -260,7 +260,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from grpo_jax.compare import TABLE_FILE, compare
+    from grpo_jax.compare import TABLE_FILE, compare, parse_variant
     from grpo_jax.trainer import apply_overrides, load_config
     from grpo_jax.trainer.default import get_config
 
@@ -271,12 +271,13 @@ def _compare(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise ConfigError(f"--seeds={args.seeds!r}: expected comma-separated integers") from e
     try:
-        compare(base, args.output_dir, algorithms=algorithms, seeds=seeds)
+        variants = dict(parse_variant(spec) for spec in args.variant or [])
+        compare(base, args.output_dir, algorithms=algorithms, seeds=seeds, variants=variants or None)
     except ValueError as e:
         raise ConfigError(str(e)) from e
     print(storage.read_text(storage.join(args.output_dir, TABLE_FILE)))
     print(f"outputs in {args.output_dir}: compare.md, compare.json, compare.png and one run directory per "
-          "algorithm and seed")
+          f"{'variant' if variants else 'algorithm'} and seed")
     return 0
 
 
@@ -331,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--algorithms", default=",".join(ALGORITHMS),
                          help=f"comma-separated, from {', '.join(ALGORITHMS)} (default: all)")
     compare.add_argument("--seeds", default="0,1,2", help="comma-separated run seeds (default: 0,1,2)")
+    compare.add_argument("--variant", action="append", metavar="NAME=FIELD=VALUE,...",
+                         help="compare named variants of the config instead of algorithms (repeatable), e.g. "
+                              "--variant tools= --variant no-tools=tools.max_tool_calls=0,sft.tool_code_field=None")
     compare.add_argument("overrides", nargs="*", help="field=value overrides of the base config, e.g. max_steps=60")
     compare.set_defaults(handler=_compare)
 

@@ -5,7 +5,15 @@ Each (algorithm, seed) trains in a process of its own, so that its peak RSS is i
 OUTPUT_DIR/<algorithm>-seed<k>/ (a normal run directory: metrics.jsonl, checkpoints, curves.png). Every run
 samples the same number of completions per step: GRPO, RLOO and REINFORCE++ G for each of B prompts, PPO one
 for each of B * G prompts (its critic, not a group, supplies the baseline). Only ``grpo.algorithm`` (and for
-PPO the batch layout) differs from the base config. Then OUTPUT_DIR gets:
+PPO the batch layout) differs from the base config.
+
+``--variant NAME=field=value,...`` (repeatable) compares named variants of the base config instead of
+algorithms, e.g. tool calls against the same budget without them::
+
+    grpo-jax compare --config experiments/tool_products.py --output-dir runs/tools --variant tools= \
+        --variant no-tools=tools.max_tool_calls=0,sft.tool_code_field=None
+
+Then OUTPUT_DIR gets:
 
   compare.json  every run's figures and each algorithm's summary over seeds
   compare.md    the side-by-side table
@@ -20,13 +28,14 @@ process's peak RSS. A directory whose run finished already is read, not run agai
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
 import statistics
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from grpo_jax import storage
@@ -38,9 +47,12 @@ logger = logging.getLogger(__name__)
 REQUEST_FILE = "compare_request.json"  # a run's config, as the parent hands it to the child
 RESULT_FILE = "compare_result.json"  # what the child measured inside the run (bytes, XLA memory analysis)
 RESULTS_JSON, TABLE_FILE, PLOT_FILE = "compare.json", "compare.md", "compare.png"
-PHASES = ("time/sample_s", "time/reward_s", "time/logprobs_s", "time/update_s", "time/critic_update_s",
-          "time/step_s")
+PHASES = ("time/sample_s", "time/tools_s", "time/reward_s", "time/logprobs_s", "time/update_s",
+          "time/critic_update_s", "time/step_s")
 MB = 1e6
+PHASE_NAMES = {"time/sample_s": "sample", "time/tools_s": "tool calls", "time/reward_s": "reward",
+               "time/logprobs_s": "log-probs+values", "time/update_s": "policy update",
+               "time/critic_update_s": "critic update"}
 
 
 def algorithm_config(base: TrainConfig, algorithm: str, seed: int) -> TrainConfig:
@@ -50,6 +62,19 @@ def algorithm_config(base: TrainConfig, algorithm: str, seed: int) -> TrainConfi
         completions = base.data.batch_size * base.sampling.num_generations
         overrides += ["sampling.num_generations=1", f"data.batch_size={completions}"]
     return apply_overrides(base, overrides)
+
+
+def parse_variant(spec: str) -> tuple[str, list[str]]:
+    """"NAME=field=value,field=value" (or "NAME=" for the base config itself) -> (NAME, overrides)."""
+    name, sep, rest = spec.partition("=")
+    if not sep or not name.strip() or "/" in name:
+        raise ValueError(f"--variant {spec!r}: expected NAME=field=value,... (or NAME= for the base config)")
+    return name.strip(), [item.strip() for item in rest.split(",") if item.strip()]
+
+
+def variant_config(base: TrainConfig, overrides: Sequence[str], seed: int) -> TrainConfig:
+    """``base`` with a variant's ``overrides``, from ``seed``."""
+    return apply_overrides(base, [*overrides, f"run.seed={seed}", f"data.seed={seed}"])
 
 
 # ---- one run, in its own process ------------------------------------------------------------------------
@@ -131,8 +156,10 @@ def run_figures(run_dir: str) -> dict[str, Any]:
     steps = [r for r in records if r["step"] >= 2 and "time/step_s" in r]
     phases = {name: statistics.median(r[name] for r in steps) for name in PHASES if steps and name in steps[0]}
     last = records[-1] if records else {}
+    evals = [r for r in records if "eval/tool_calls_per_completion" in r]
+    tools = {"tool_calls_eval_last": evals[-1]["eval/tool_calls_per_completion"]} if evals else {}
     return {"curve": curve, "phases_s": phases, "train_s": train_seconds,
-            "reward_last": last.get("reward/mean"),
+            "reward_last": last.get("reward/mean"), **tools,
             **json.loads(storage.read_text(storage.join(run_dir, RESULT_FILE)))}
 
 
@@ -144,7 +171,10 @@ def summarize_algorithm(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     starts = [run["curve"][0]["accuracy"] for run in runs]
     phases = {name: statistics.mean(run["phases_s"][name] for run in runs) for name in runs[0]["phases_s"]}
     first = runs[0]
-    return {"seeds": len(runs), "accuracy_start": statistics.mean(starts), "accuracy_final": statistics.mean(finals),
+    tools = ({"tool_calls_eval_last": statistics.mean(run["tool_calls_eval_last"] for run in runs)}
+             if "tool_calls_eval_last" in first else {})
+    return {**tools, "seeds": len(runs), "accuracy_start": statistics.mean(starts),
+            "accuracy_final": statistics.mean(finals),
             "accuracy_final_min": min(finals), "accuracy_final_max": max(finals),
             "train_s": statistics.mean(run["train_s"] for run in runs), "phases_s": phases,
             "bytes": first["bytes"], "xla": first["xla"], "rss_peak": max(run["rss_peak"] for run in runs),
@@ -153,21 +183,25 @@ def summarize_algorithm(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def table(summaries: dict[str, dict[str, Any]]) -> str:
     """The side-by-side markdown table of ``summarize_algorithm``'s results."""
-    head = ("| algorithm | completions / step | held-out accuracy: start → end, mean [min–max] over seeds | "
-            "s / step (sample / reward / log-probs+values / policy update / critic update) | "
+    with_tools = any("tool_calls_eval_last" in s for s in summaries.values())
+    head = ("| run | completions / step | held-out accuracy: start → end, mean [min–max] over seeds | "
+            + ("tool calls per eval completion (end) | " if with_tools else "")
+            + f"s / step ({' / '.join(PHASE_NAMES[k] for k in PHASES[:-1] if with_tools or k != 'time/tools_s')}) | "
             "params + optimizer MB (critic's) | XLA update peak MB (policy + critic) | peak RSS MB |\n"
-            "| --- | --- | --- | --- | --- | --- | --- |\n")
+            + "| --- " * (7 + with_tools) + "|\n")
     rows = []
     for name, s in summaries.items():
         p = s["phases_s"]
-        phases = " / ".join(f"{p.get(k, 0.0):.2f}" for k in PHASES[:-1])
+        phases = " / ".join(f"{p.get(k, 0.0):.2f}" for k in PHASES[:-1] if with_tools or k != "time/tools_s")
+        tools = f"{s.get('tool_calls_eval_last', 0.0):.2f} | " if with_tools else ""
         b = s["bytes"]
         critic_bytes = b["critic_params"] + b["critic_optimizer"]
         total_bytes = b["policy_params"] + b["policy_optimizer"] + b["reference"] + critic_bytes
         xla = s["xla"]
         peaks = " + ".join(f"{xla[k]['peak'] / MB:.1f}" for k in ("policy_update", "critic_update") if k in xla)
         rows.append(f"| {name} | {s['completions_per_step']} | {s['accuracy_start']:.3f} → {s['accuracy_final']:.3f} "
-                    f"[{s['accuracy_final_min']:.3f}–{s['accuracy_final_max']:.3f}] | {p.get('time/step_s', 0):.2f} "
+                    f"[{s['accuracy_final_min']:.3f}–{s['accuracy_final_max']:.3f}] | "
+                    f"{tools}{p.get('time/step_s', 0):.2f} "
                     f"({phases}) | {total_bytes / MB:.2f} ({critic_bytes / MB:.2f}) | {peaks} | "
                     f"{s['rss_peak'] / MB:.0f} |")
     return head + "\n".join(rows) + "\n"
@@ -205,21 +239,28 @@ def plot(results: dict[str, list[dict[str, Any]]], png_path: str) -> str:
 
 
 def compare(base: TrainConfig, output_dir: str, *, algorithms: Sequence[str] = ALGORITHMS,
-            seeds: Sequence[int] = (0, 1, 2)) -> dict[str, Any]:
-    """Train every (algorithm, seed) of ``base`` (see the module docstring) and write compare.json, compare.md and
-    compare.png into ``output_dir``; returns compare.json's content."""
+            seeds: Sequence[int] = (0, 1, 2), variants: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
+    """Train every (algorithm, seed) of ``base`` (see the module docstring), or with ``variants`` ({name:
+    overrides}) every (variant, seed), and write compare.json, compare.md and compare.png into ``output_dir``;
+    returns compare.json's content."""
     unknown = [a for a in algorithms if a not in ALGORITHMS]
-    if unknown or not algorithms or not seeds:
+    if not variants and (unknown or not algorithms) or not seeds:
         raise ValueError(f"compare: algorithms {list(algorithms)} and seeds {list(seeds)}: expected at least one "
                          f"seed and algorithms from {ALGORITHMS}")
+    if variants:
+        configs = {name: functools.partial(variant_config, base, overrides) for name, overrides in variants.items()}
+        for make in configs.values():
+            make(seeds[0])  # a bad override fails here, before any run
+    else:
+        configs = {name: functools.partial(algorithm_config, base, name) for name in algorithms}
     if not base.run.eval_steps:
         raise ValueError("compare: run.eval_steps=0 evaluates only at the start and the end; set it (e.g. 10) "
                          "for a learning curve")
     storage.makedirs(output_dir)
     results: dict[str, list[dict[str, Any]]] = {}
-    for algorithm in algorithms:
+    for algorithm, make_config in configs.items():
         for seed in seeds:
-            config = algorithm_config(base, algorithm, seed)
+            config = make_config(seed)
             run_dir = storage.join(output_dir, f"{algorithm}-seed{seed}")
             figures_file = storage.join(run_dir, "compare_figures.json")
             if storage.exists(figures_file):  # finished earlier: read, not run again

@@ -119,6 +119,25 @@ def test_two_processes_train_lora_like_one(tmp_path):
                  _params(config, tmp_path / "two"))
 
 
+def test_two_processes_run_their_own_tool_calls_and_train_like_one(tmp_path):
+    """Tool calls during rollouts (tests/test_trainer_tools.py's markers): each process runs the calls of the rows
+    it owns, and the run's metrics and parameters equal one process's."""
+    tools = [*RUN, "max_steps=2", "max_new_tokens=12", "temperature=2.0", "max_tool_calls=2", "tools.call_start==",
+             "tools.call_end=?", "tools.result_template={output}=", "tools.timeout_s=2", "tools.max_output_chars=8"]
+    config = tiny_config(*tools)
+    train(config, output_dir=str(tmp_path / "one"))
+    _finish(_launch(tmp_path, tmp_path / "two", "fresh", tools))
+    one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
+    for a, b in zip(one, two, strict=True):
+        shared = [k for k in ("loss", "reward/mean", "tools/calls_per_completion", "tools/errors", "tools/token_frac",
+                              "eval/accuracy", "eval/tool_calls_per_completion") if k in a]
+        np.testing.assert_allclose([b[k] for k in shared], [a[k] for k in shared], rtol=1e-4, atol=1e-6)
+        if "tools/calls_run_here" in a:
+            assert a["tools/calls_run_here"] > 0 and 0 < b["tools/calls_run_here"] < a["tools/calls_run_here"]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), _params(config, tmp_path / "one"),
+                 _params(config, tmp_path / "two"))
+
+
 def test_a_dead_peer_is_an_error_not_a_hang(tmp_path):
     heartbeat = 10
     procs = _launch(tmp_path, tmp_path / "run", "fresh", [*RUN, "max_steps=1000", "save_steps=0"],

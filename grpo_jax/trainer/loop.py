@@ -584,7 +584,8 @@ class GRPOTrainer:
 
 def tool_metrics(rollout: rollout_lib.Rollout) -> dict[str, float]:
     """tools/*: calls per completion, errored calls (a count over the step), the share of completions that called
-    at least once or tried a call beyond the budget, and the tool's share of the trajectories' tokens."""
+    at least once or tried a call beyond the budget, the tool's share of the trajectories' tokens, and the calls
+    this process ran."""
     tokens = rollout.completion_mask.sum()
     return {
         "tools/calls_per_completion": float(rollout.tool_calls.mean()),
@@ -593,6 +594,8 @@ def tool_metrics(rollout: rollout_lib.Rollout) -> dict[str, float]:
         "tools/used_frac": float((rollout.tool_calls > 0).mean()),
         "tools/over_budget_frac": float(rollout.tool_over_budget.mean()),
         "tools/token_frac": float(rollout.tool_mask.sum() / max(tokens, 1)),
+        # this process runs the calls of the rows it owns (and scores), as it does code rewards
+        "tools/calls_run_here": int(rollout.tool_calls[rollout.owned].sum()),
     }
 
 
