@@ -73,6 +73,7 @@ def test_every_builtin_task_loads_through_its_entry(name, tmp_path, monkeypatch)
                         lambda name, size, seed: calls.append((name, size, seed)) or [{"prompt": "q"}] * size)
     settings = {
         "arithmetic": {"num_examples": 10},
+        "products": {"num_examples": 6},
         "gsm8k_jsonl": {"path": write_jsonl(tmp_path / "gsm8k.jsonl", GSM8K_RECORD)},
         "gsm8k_tfds": {"path": str(tmp_path), "split": "test[:4]"},
         "math": {"path": write_jsonl(tmp_path / "math.jsonl", MATH_RECORD)},
@@ -84,6 +85,7 @@ def test_every_builtin_task_loads_through_its_entry(name, tmp_path, monkeypatch)
     assert len(examples) > 0 and all("prompt" in examples[index] for index in range(len(examples)))
     expected = {
         "arithmetic": lambda: len(examples) == 10 and "answer" in examples[0],
+        "products": lambda: len(examples) == 6 and "tool_code" in examples[0],
         "gsm8k_jsonl": lambda: examples[0]["final_answer"] == "7",
         "gsm8k_tfds": lambda: calls == [("test[:4]", str(tmp_path))],
         "math": lambda: examples[0]["answer"] == "2",

@@ -271,7 +271,8 @@ def test_real_sampler_multiturn(mesh8):
         texts.append(render_result(output, TOOLS))
         expected = tokenizer(texts[-1], add_special_tokens=False)["input_ids"][:end - start]
         np.testing.assert_array_equal(r.tokens[row, start:end], expected, err_msg=f"row {row}: {texts[-1]!r}")
-    assert sum(code is not None for *_, code in calls) >= 3 and len(set(texts)) >= 3, texts  # real, varied calls
+    # calls the sandbox ran (not only ones without code), with outputs that differ (errors, empty output)
+    assert sum(code is not None for *_, code in calls) >= 3 and len(set(texts)) >= 2, texts
 
     # (c) the same trajectories on an 8-device mesh (rows over "data", through the model's mesh rules)
     sharded_model = build_model(model.config, mesh8)

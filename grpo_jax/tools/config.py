@@ -20,6 +20,7 @@ length, and never read by the rewards (grpo_jax.tools.multiturn).
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from grpo_jax.errors import ConfigError
 
@@ -63,10 +64,11 @@ class ToolConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < (0 if field == "max_tool_calls" else 1):
                 raise bad(field, "an int >= 0" if field == "max_tool_calls" else "an int >= 1")
         for field in ("timeout_s", "error_reward", "budget_reward"):
-            if isinstance(getattr(self, field), bool) or not isinstance(getattr(self, field), (int, float)):
-                raise bad(field, "a number")
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise bad(field, "a finite number")
         if not self.timeout_s > 0:
-            raise bad("timeout_s", "a number of seconds > 0")
+            raise bad("timeout_s", "a finite number of seconds > 0")
         for field in ("call_start", "call_end"):
             if not isinstance(getattr(self, field), str) or not getattr(self, field):
                 raise bad(field, "a non-empty string")
