@@ -16,9 +16,11 @@ writes the answer. The math reward reads only the model's own text.
    128 completions' tool calls in parallel sandboxes.
 
 The same budget without tools (``tools.max_tool_calls=0 sft.tool_code_field=None``: the warm-up on answers
-alone) is the baseline; ``benchmarks/tool_use.py`` runs both and writes the README's table and curves.
+alone) is the baseline; ``grpo-jax compare`` runs both side by side and writes the README's table and curves:
 
     grpo-jax train --config experiments/tool_products.py --output-dir runs/tools
+    grpo-jax compare --config experiments/tool_products.py --output-dir runs/tools_compare --seeds 0 \
+      --variant tools= --variant no-tools=tools.max_tool_calls=0,sft.tool_code_field=None
 """
 
 from grpo_jax.models.char_tokenizer import ARITHMETIC_ALPHABET
@@ -41,16 +43,17 @@ TOOLS = ToolConfig(max_tool_calls=1, call_start="<py>", call_end="</py>", result
 def get_config() -> TrainConfig:
     return TrainConfig(
         name="tool-products",
-        model=ModelSpec(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        model=ModelSpec(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
                         intermediate_size=384, max_position_embeddings=128,
                         alphabet=ARITHMETIC_ALPHABET + "<>/pyout"),
         data=DataConfig(task="products", num_examples=50_000, eval_examples=128, eval_split="prompt",
                         batch_size=16, max_prompt_length=24),
-        grpo=GRPOConfig(num_iterations=2, beta=0.0, epsilon=0.2, rewards=("math",), loss_type="dapo"),
-        sampling=SamplingConfig(num_generations=8, max_new_tokens=64, temperature=1.0),
+        grpo=GRPOConfig(num_iterations=1, beta=0.0, epsilon=0.2, rewards=("math",), loss_type="dapo"),
+        sampling=SamplingConfig(num_generations=8, max_new_tokens=64, temperature=0.7),
         tools=TOOLS,
-        optimizer=OptimizerConfig(learning_rate=2e-4, lr_scheduler_type="constant", warmup_steps=5,
+        optimizer=OptimizerConfig(learning_rate=5e-5, lr_scheduler_type="constant", warmup_steps=5,
                                   max_grad_norm=1.0),
-        sft=SFTConfig(steps=100, batch_size=64, learning_rate=1e-3, tool_code_field="tool_code"),
-        run=RunConfig(max_steps=60, eval_steps=10, save_steps=30, eval_batch_size=128),
+        sft=SFTConfig(steps=400, batch_size=64, learning_rate=1e-3, tool_code_field="tool_code",
+                      tool_trace_fraction=0.5),
+        run=RunConfig(max_steps=40, eval_steps=10, save_steps=10, eval_batch_size=128),
     )

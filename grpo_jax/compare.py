@@ -145,20 +145,24 @@ def run_in_subprocess(config: TrainConfig, run_dir: str) -> int:
 # ---- figures of a finished run --------------------------------------------------------------------------
 
 def run_figures(run_dir: str) -> dict[str, Any]:
-    """The figures of one finished run: its eval curve (step, accuracy, training seconds so far), the median
-    seconds of each phase over the steps after the first, and the child's measurements."""
+    """The figures of one finished run: its eval curve (step, accuracy, training seconds so far), its training
+    batches' curve (step, the sampled completions' accuracy, and with tools the share that called the tool),
+    the median seconds of each phase over the steps after the first, and the child's measurements."""
     records = read_metrics(run_dir)
-    train_seconds, curve = 0.0, []
+    train_seconds, curve, batch_curve = 0.0, [], []
     for r in records:
         train_seconds += r.get("time/step_s", 0.0)
         if "eval/accuracy" in r:
             curve.append({"step": r["step"], "accuracy": r["eval/accuracy"], "train_s": train_seconds})
+        if "accuracy" in r:
+            batch_curve.append({"step": r["step"], "accuracy": r["accuracy"],
+                                **({"tool_use": r["tools/used_frac"]} if "tools/used_frac" in r else {})})
     steps = [r for r in records if r["step"] >= 2 and "time/step_s" in r]
     phases = {name: statistics.median(r[name] for r in steps) for name in PHASES if steps and name in steps[0]}
     last = records[-1] if records else {}
     evals = [r for r in records if "eval/tool_calls_per_completion" in r]
     tools = {"tool_calls_eval_last": evals[-1]["eval/tool_calls_per_completion"]} if evals else {}
-    return {"curve": curve, "phases_s": phases, "train_s": train_seconds,
+    return {"curve": curve, "batch_curve": batch_curve, "phases_s": phases, "train_s": train_seconds,
             "reward_last": last.get("reward/mean"), **tools,
             **json.loads(storage.read_text(storage.join(run_dir, RESULT_FILE)))}
 
@@ -208,17 +212,18 @@ def table(summaries: dict[str, dict[str, Any]]) -> str:
 
 
 def plot(results: dict[str, list[dict[str, Any]]], png_path: str) -> str:
-    """Held-out accuracy against steps and against training seconds: each algorithm's mean over seeds and its
-    min-max band. Written atomically; returns the path."""
+    """Held-out accuracy against steps and against training seconds (each run's mean over seeds and its min-max
+    band), and the sampled training batches' accuracy against steps (with tools, dashed: the share of
+    completions that called the tool). Written atomically; returns the path."""
     import io
 
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(12, 4.2), layout="constrained")
+    fig = Figure(figsize=(17, 4.2), layout="constrained")
     FigureCanvasAgg(fig)
-    by_step, by_time = fig.subplots(1, 2)
+    by_step, by_time, batches = fig.subplots(1, 3)
     for name, runs in results.items():
         steps = [point["step"] for point in runs[0]["curve"]]
         accuracy = np.array([[point["accuracy"] for point in run["curve"]] for run in runs])
@@ -226,12 +231,24 @@ def plot(results: dict[str, list[dict[str, Any]]], png_path: str) -> str:
         for ax, x in ((by_step, steps), (by_time, seconds)):
             (line,) = ax.plot(x, accuracy.mean(axis=0), marker="o", markersize=3, label=f"{name} ({len(runs)} seeds)")
             ax.fill_between(x, accuracy.min(axis=0), accuracy.max(axis=0), color=line.get_color(), alpha=0.2)
+        batch_runs = [run.get("batch_curve", []) for run in runs]
+        if batch_runs[0] and all(len(b) == len(batch_runs[0]) for b in batch_runs):
+            x = [point["step"] for point in batch_runs[0]]
+            batches.plot(x, np.mean([[p["accuracy"] for p in b] for b in batch_runs], axis=0), color=line.get_color(),
+                         label=f"{name}: accuracy")
+            if "tool_use" in batch_runs[0][0]:
+                batches.plot(x, np.mean([[p["tool_use"] for p in b] for b in batch_runs], axis=0), linestyle="--",
+                             color=line.get_color(), label=f"{name}: called the tool")
     by_step.set_xlabel("step")
     by_time.set_xlabel("training seconds (sampling + rewards + updates, no eval)")
+    batches.set_xlabel("step")
     for ax in (by_step, by_time):
         ax.set_ylabel("held-out accuracy")
+    batches.set_ylabel("sampled training batch (share of completions)")
+    for ax in (by_step, by_time, batches):
         ax.grid(alpha=0.3)
     by_step.legend(loc="lower right")
+    batches.legend(loc="lower right", fontsize="small")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     storage.write_bytes(png_path, buffer.getvalue())

@@ -2,12 +2,14 @@
 bytes and XLA memory analysis, the same completions per step, and a second call reading finished runs."""
 
 import json
+import os
 
 import pytest
 from trainer_runs import tiny_config
 
 from grpo_jax import compare as compare_lib
 from grpo_jax.cli import main
+from grpo_jax.metrics import read_metrics
 
 
 def test_algorithm_config_keeps_the_completions_per_step():
@@ -37,6 +39,11 @@ def test_compare_writes_the_table_json_and_png(tmp_path, capsys, monkeypatch):
     for summary in (grpo, ppo):
         assert summary["rss_peak"] > 100e6 and summary["xla"]["policy_update"]["peak"] > 0
     assert [point["step"] for point in results["runs"]["ppo"][0]["curve"]] == [0, 1, 2]
+    # the training batches' sampled accuracy, step by step, as the run's metrics have it
+    metrics = [r for r in read_metrics(out / "grpo-seed0") if "accuracy" in r]
+    expected = [{"step": r["step"], "accuracy": r["accuracy"]} for r in metrics]
+    assert results["runs"]["grpo"][0]["batch_curve"] == expected
+    assert len(metrics) == 2
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "compare.md").read_text() == compare_lib.table(results["summaries"])
 
@@ -52,3 +59,37 @@ def test_compare_writes_the_table_json_and_png(tmp_path, capsys, monkeypatch):
 def test_bad_compare_arguments_are_clear_errors(tmp_path, capsys, flags, message):
     assert main(["compare", "--output-dir", str(tmp_path), *flags]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_variants_parse_and_each_trains_its_own_config(tmp_path, capsys, monkeypatch):
+    assert compare_lib.parse_variant("tools=") == ("tools", [])
+    assert compare_lib.parse_variant("no-tools=tools.max_tool_calls=0, sft.tool_code_field=None") == (
+        "no-tools", ["tools.max_tool_calls=0", "sft.tool_code_field=None"])
+    for bad in ("tools", "=max_steps=2", "a/b=max_steps=2"):
+        with pytest.raises(ValueError, match="--variant"):
+            compare_lib.parse_variant(bad)
+    # the wiring of variants (the subprocess itself is the test above's): which config each run gets, and where
+    trained = {}
+
+    def fake_run(config, run_dir):
+        trained[run_dir.rsplit("/", 1)[-1]] = config
+        os.makedirs(run_dir)
+        return 123 << 20
+
+    monkeypatch.setattr(compare_lib, "run_in_subprocess", fake_run)
+    monkeypatch.setattr(compare_lib, "run_figures", lambda run_dir: {
+        "curve": [{"step": 0, "accuracy": 0.25, "train_s": 0.0}, {"step": 2, "accuracy": 0.5, "train_s": 3.0}],
+        "batch_curve": [{"step": 1, "accuracy": 0.5}, {"step": 2, "accuracy": 0.75}],
+        "phases_s": {"time/step_s": 1.5}, "train_s": 3.0, "reward_last": 0.75, "bytes": {}, "xla": {}})
+    monkeypatch.setattr(compare_lib, "summarize_algorithm", lambda runs: {"runs": len(runs)})
+    monkeypatch.setattr(compare_lib, "table", lambda summaries: "table\n")
+    assert main(["compare", "--output-dir", str(tmp_path), "--seeds", "0,1", "--variant", "base=",
+                 "--variant", "small=max_steps=1,grpo.beta=0.5", "name=tiny", "max_steps=2", "eval_steps=1"]) == 0
+    assert sorted(trained) == ["base-seed0", "base-seed1", "small-seed0", "small-seed1"]
+    assert {(c.run.max_steps, c.grpo.beta, c.run.seed, c.data.seed) for c in trained.values()} == {
+        (2, 0.0, 0, 0), (2, 0.0, 1, 1), (1, 0.5, 0, 0), (1, 0.5, 1, 1)}
+    summaries = json.loads((tmp_path / "compare.json").read_text())["summaries"]
+    assert summaries == {"base": {"runs": 2}, "small": {"runs": 2}}
+    assert (tmp_path / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["compare", "--output-dir", str(tmp_path), "--variant", "bad=no_such_field=1"]) == 2
+    assert "no_such_field" in capsys.readouterr().err

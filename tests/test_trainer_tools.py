@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from trainer_runs import tiny_config, train_until_crash
 
+from grpo_jax.data.products import products_example
 from grpo_jax.metrics import read_metrics
 from grpo_jax.tools import ToolConfig
 from grpo_jax.trainer import ConfigError, TrainConfig, apply_overrides, build_context, restore_params, train
-from grpo_jax.trainer.sft import sft_batch
+from grpo_jax.trainer.sft import is_tool_trace, sft_batch, target_segments
 
 # markers the tiny model's alphabet ("0123456789+-*/=? ") can write, and a random-init model writes often
 TOOLS = ToolConfig(max_tool_calls=2, call_start="=", call_end="?", result_template="{output}=", timeout_s=2.0,
@@ -64,10 +65,28 @@ def test_tool_use_sft_traces_train_the_call_and_the_answer_not_the_output():
     np.testing.assert_array_equal(trained, expected)
 
 
+def test_tool_trace_fraction_picks_a_fixed_share_of_the_examples_by_prompt():
+    config = tiny_config("task=products", "model.alphabet=0123456789+-*/=? <>/pyout", "max_prompt_length=24",
+                         "max_new_tokens=64", "model.max_position_embeddings=128", "max_tool_calls=1",
+                         "tools.call_start=<py>", "tools.call_end=</py>", "tools.result_template=<out>{output}</out>",
+                         "sft.tool_code_field=tool_code", "sft.tool_trace_fraction=0.25")
+    ctx, _ = build_context(config)
+    examples = [products_example(i) for i in range(400)]
+    traces = [len(target_segments(ctx, e, "final_answer")) == 3 for e in examples]
+    assert 0.18 < np.mean(traces) < 0.32  # 100 expected of 400 (binomial sd 8.7)
+    # the rest are the answer alone; the choice is a function of the prompt (the same on every call)
+    direct = [target_segments(ctx, e, "final_answer") for e, t in zip(examples, traces, strict=True) if not t]
+    assert all(len(d) == 1 and d[0][1] for d in direct)
+    assert traces == [len(target_segments(ctx, e, "final_answer")) == 3 for e in examples]
+    assert all(is_tool_trace(e, 1.0) and not is_tool_trace(e, 0.0) for e in examples[:20])
+
+
 @pytest.mark.parametrize("overrides,message", [
     (["max_tool_calls=1", "algorithm=ppo", "num_generations=1"], "per-token advantages"),
     (["max_tool_calls=1", "step_reward=arithmetic_steps"], "per-token advantages"),
     (["sft.tool_code_field=tool_code"], "tools are off"),
+    (["max_tool_calls=1", "sft.tool_trace_fraction=0.5"], "tool_code_field is unset"),
+    (["max_tool_calls=1", "sft.tool_code_field=tool_code", "sft.tool_trace_fraction=1.5"], "tool_trace_fraction"),
     (["max_tool_calls=1", "tools.result_template=no output field"], "tools.result_template"),
     (["max_tool_calls=-1"], "tools.max_tool_calls"),
 ])

@@ -455,6 +455,10 @@ class SFTConfig:
       the answer: the targets are then tool-use traces, the call (tools.call_start, the code, tools.call_end),
       the tool's output (``answer_field``, as the tool would print it) and the answer. The tool's text is
       attended but not trained on, as in GRPO. None: the answer alone.
+    tool_trace_fraction: with tool_code_field, the fraction of examples whose target is a tool-use trace; the
+      others' target is the answer alone. Which examples is a fixed function of the prompt (the same on every
+      host and resume). Below 1 the warm-up leaves the choice to call the tool to GRPO: the model calls it in
+      some samples and answers directly in others, and the rewards tell it which pays.
     """
 
     steps: int = 0
@@ -462,11 +466,14 @@ class SFTConfig:
     learning_rate: float = 1e-3
     answer_field: str = "final_answer"
     tool_code_field: str | None = None
+    tool_trace_fraction: float = 1.0
 
     def __post_init__(self):
         _check_types("sft", self)
         _positive("sft", self, "steps", allow_zero=True)
         _positive("sft", self, "batch_size", "learning_rate")
+        _require(0 <= self.tool_trace_fraction <= 1, "sft", "tool_trace_fraction", self.tool_trace_fraction,
+                 "a number in [0, 1]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -696,6 +703,9 @@ def _check_cross_section(config: TrainConfig) -> None:
     if grpo.algorithm == "ppo" and config.model.lora_rank and config.ppo.critic == "copy":
         raise ConfigError("grpo.algorithm='ppo' with LoRA (model.lora_rank > 0) and ppo.critic='copy' would train a "
                           "full-size critic beside frozen adapters' base; set ppo.critic=head")
+    if config.sft.tool_trace_fraction < 1 and config.sft.tool_code_field is None:
+        raise ConfigError(f"sft.tool_trace_fraction={config.sft.tool_trace_fraction!r} is the share of tool-use "
+                          "traces, but sft.tool_code_field is unset (no traces); set it or leave the fraction at 1")
     if config.sft.tool_code_field is not None and not config.tools.enabled:
         raise ConfigError(f"sft.tool_code_field={config.sft.tool_code_field!r} makes tool-use traces, but tools are "
                           "off (tools.max_tool_calls=0); set tools.max_tool_calls >= 1 or unset sft.tool_code_field")

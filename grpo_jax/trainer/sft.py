@@ -10,6 +10,7 @@ update stops the warm-up, or is skipped, as ``run.on_nonfinite`` says (grpo_jax.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Any
 
@@ -32,6 +33,15 @@ from grpo_jax.trainer.step import make_update_fn, sft_objective
 logger = logging.getLogger(__name__)
 
 
+def is_tool_trace(example: dict, fraction: float) -> bool:
+    """Whether ``example``'s warm-up target is a tool-use trace (sft.tool_trace_fraction): a hash of its prompt
+    below ``fraction``, so the choice is the same on every host, in every epoch and after a resume."""
+    if fraction >= 1:
+        return True
+    digest = hashlib.blake2b(repr(example["prompt"]).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2 ** 64 < fraction
+
+
 def target_segments(ctx: RunContext, example: dict, answer_field: str) -> list[tuple[list[int], bool]]:
     """The target completion as (token ids, trained) segments: ``answer EOS``, or with sft.tool_code_field a
     tool-use trace: the call (trained), the tool's output (context, not trained), then ``answer EOS``. Each
@@ -48,7 +58,7 @@ def target_segments(ctx: RunContext, example: dict, answer_field: str) -> list[t
             name = "answer_field" if field == answer_field else "tool_code_field"
             raise ConfigError(f"sft.{name}={field!r} is not a field of the task's examples (fields: {sorted(example)})")
     answer = str(example[answer_field])
-    if code_field is None:
+    if code_field is None or not is_tool_trace(example, ctx.config.sft.tool_trace_fraction):
         return [(ids(answer) + [eos], True)]
     call = tools.call_start + str(example[code_field]) + tools.call_end
     return [(ids(call), True), (ids(render_result(answer, tools)), False), (ids(answer) + [eos], True)]
