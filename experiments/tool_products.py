@@ -1,7 +1,7 @@
 """A model learns to call a Python interpreter for products of large numbers, with GRPO, on one CPU.
 
 Task: "48213 * 930177 = ?" with operands of 4 to 6 digits (data.task=products), answers of 7 to 12 digits:
-arithmetic a 0.4M-parameter model cannot do in its head. A completion may call the tool (tools section):
+arithmetic a 0.8M-parameter model cannot do in its head. A completion may call the tool (tools section):
 
     48213 * 930177 = ?<py>48213 * 930177</py><out>44846624...</out>44846624...<eos>
                       \\_______ model ______/\\____ tool _____/\\___ model ___/
@@ -11,7 +11,8 @@ output is appended as "<out>...</out>" (context: attended, never trained on, nev
 writes the answer. The math reward reads only the model's own text.
 
 1. A supervised warm-up on tool-use traces (sft.tool_code_field: the call, the tool's output, the answer;
-   the tool's text is not trained on) teaches the call format and copying the output.
+   the tool's text is not trained on) teaches the call format and copying the output; half of its targets
+   (sft.tool_trace_fraction) are the answer alone, so whether to call is left to GRPO.
 2. GRPO (G = 8 for 16 prompts a step, the math reward) raises held-out greedy accuracy; each step runs its
    128 completions' tool calls in parallel sandboxes.
 
