@@ -82,6 +82,8 @@ def test_recipe_trains_two_steps_on_a_tiny_checkpoint(recipe, tiny_model, data_f
                  "progress=false", "data.max_prompt_length=2048", "code_timeout_s=1.0"]
     if config.data.task in data_files:
         overrides.append(f"data.path={data_files[config.data.task]}")
+    if config.sft.steps:  # the warm-up's wiring, not its length, is under test
+        overrides.append("sft.steps=2")
     if config.run.eval_num_samples:
         overrides.append("run.eval_num_samples=2")
     tiny = apply_overrides(config, overrides)
